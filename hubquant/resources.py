@@ -1,0 +1,20 @@
+"""Where the shipped recipes and configs live, installed or in a checkout."""
+
+from importlib import resources
+from pathlib import Path
+
+_PACKAGES = {"recipes": "hubquant.shipped_recipes", "configs": "hubquant.shipped_configs"}
+
+
+def shipped_dir(kind: str) -> Path:
+    """The folder of shipped YAML files of ``kind`` ('recipes' or 'configs')."""
+    checkout = Path(__file__).resolve().parent.parent / kind
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files(_PACKAGES[kind])))
+
+
+def shipped_files(kind: str) -> dict[str, Path]:
+    """Shipped YAML files of ``kind`` by name (file stem), sorted."""
+    files = sorted(shipped_dir(kind).glob("*.yaml"))
+    return {f.stem: f for f in files}
