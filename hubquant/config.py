@@ -1,0 +1,303 @@
+"""Mode configs: which quantization mode and options each layer role gets.
+
+A config is a default plus ordered rules. A rule matches layers by role (glob),
+block index or slice, and layer path (regex); the last matching rule wins, and
+the options it does not set come from the default. See ``configs/*.yaml``.
+"""
+
+import dataclasses
+import fnmatch
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from hubquant.errors import ConfigError
+from hubquant.resources import shipped_files
+
+# fmt: off
+KNOWN_ROLES = (
+    "attn.q", "attn.k", "attn.v", "attn.o", "attn.qkv",
+    "mlp.gate", "mlp.up", "mlp.down", "mlp.gate_up", "moe.experts", "moe.router",
+    "embed", "embed.position", "lm_head", "pooler",
+)
+# fmt: on
+MODES = ("none", "int8", "int4")
+ALGORITHMS = ("rtn",)
+OPTION_KEYS = ("mode", "group_size", "symmetric", "algorithm")
+MATCH_KEYS = ("role", "blocks", "path")
+RULE_KEYS = ("match", *OPTION_KEYS)
+TOP_KEYS = ("default", "rules")
+_ROLES = ", ".join(KNOWN_ROLES)
+_SLICE = re.compile(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How one layer is quantized. ``group_size`` -1 means one group per channel."""
+
+    mode: str = "none"
+    group_size: int = 128
+    symmetric: bool = False
+    algorithm: str = "rtn"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which layers a rule applies to; a missing criterion matches everything."""
+
+    role: str | None = None
+    blocks: tuple[int | str, ...] | None = None
+    path: str | None = None
+
+    def matches(self, role: str, block: int | None, num_blocks: int, path: str) -> bool:
+        return (
+            (self.role is None or fnmatch.fnmatchcase(role, self.role))
+            and (self.blocks is None or _in_blocks(block, num_blocks, self.blocks))
+            and (self.path is None or re.fullmatch(self.path, path) is not None)
+        )
+
+    def describe(self) -> str:
+        """``role=attn.*, blocks=[0, -1, 2:5]``, or ``all layers``."""
+        blocks = self.blocks and f"[{', '.join(str(b) for b in self.blocks)}]"
+        shown = {"role": self.role, "blocks": blocks, "path": self.path}
+        parts = [f"{key}={value}" for key, value in shown.items() if value is not None]
+        return ", ".join(parts) or "all layers"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One numbered rule (from 1) and the option keys it sets."""
+
+    number: int
+    match: Match
+    settings: tuple[tuple[str, object], ...]
+
+    def describe(self) -> str:
+        return f"rule {self.number} ({self.match.describe()})"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated mode config; ``text`` is the YAML as given, for saving."""
+
+    source: str
+    default: Options
+    rules: tuple[Rule, ...]
+    text: str
+
+    def resolve(
+        self, role: str, block: int | None, num_blocks: int, path: str
+    ) -> tuple[Options, Rule | None]:
+        """Options for one layer, and the rule that set them (None: the default)."""
+        for rule in reversed(self.rules):
+            if rule.match.matches(role, block, num_blocks, path):
+                return dataclasses.replace(self.default, **dict(rule.settings)), rule
+        return self.default, None
+
+    def unmatched(self, seen: set[int]) -> list[Rule]:
+        """Rules whose number is not in ``seen`` (numbers of rules that matched)."""
+        return [rule for rule in self.rules if rule.number not in seen]
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Shipped configs by name (file stem)."""
+    return shipped_files("configs")
+
+
+def load_config(spec: str | Path) -> Config:
+    """Read a config from a file path, or by shipped name (``int4``, ``int4.yaml``)."""
+    path = Path(spec)
+    if not path.is_file():
+        shipped = shipped_configs()
+        name = str(spec).removesuffix(".yaml")
+        if name not in shipped:
+            raise ConfigError(
+                f"config '{spec}' not found: not a file and not a shipped config "
+                f"(shipped: {', '.join(shipped)})"
+            )
+        path = shipped[name]
+    return parse_config(read_text(path, ConfigError), str(path))
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate config YAML ``text``; ``source`` names it in error messages."""
+    data = read_yaml(text, source, ConfigError)
+    data = check_mapping(data, TOP_KEYS, source, "config")
+    where = f"{source}: default"
+    default = check_mapping(data.get("default"), OPTION_KEYS, where, "default")
+    rules = [] if data.get("rules") is None else data["rules"]
+    if not isinstance(rules, list):
+        raise ConfigError(message(source, "rules", "expected a list of rules", rules))
+    options = Options(**_checked(default, _OPTION_CHECKS, where))
+    parsed = tuple(_rule(raw, n, source) for n, raw in enumerate(rules, 1))
+    return Config(source, options, parsed, text)
+
+
+def _rule(raw: object, number: int, source: str) -> Rule:
+    where = f"{source}: rule {number}"
+    raw = check_mapping(raw, RULE_KEYS, where, "rule", empty_ok=False)
+    settings = _checked(raw, _OPTION_CHECKS, where)
+    match = check_mapping(raw.get("match"), MATCH_KEYS, where, "match", nested=True)
+    match = _checked(match, _MATCH_CHECKS, where, "match.")
+    blocks = tuple(match["blocks"]) if "blocks" in match else None
+    rule_match = Match(match.get("role"), blocks, match.get("path"))
+    return Rule(number, rule_match, tuple(settings.items()))
+
+
+def _checked(raw: dict, checks: dict, where: str, prefix: str = "") -> dict:
+    """The keys of ``raw`` that ``checks`` knows, each checked, in canonical order."""
+    for key, check in checks.items():
+        if key in raw and (expected := check(raw[key])):
+            raise ConfigError(message(where, prefix + key, expected, raw[key]))
+    return {key: raw[key] for key in checks if key in raw}
+
+
+def _unless(ok: object, expected: str) -> str | None:
+    return None if ok else expected
+
+
+def _is_group_size(value: object) -> bool:
+    return type(value) is int and (value > 0 or value == -1)
+
+
+def _is_block_item(item: object) -> bool:
+    if type(item) is int:
+        return True
+    match = isinstance(item, str) and _SLICE.fullmatch(item)
+    return bool(match) and match.group(3) not in ("0", "-0")
+
+
+def _regex_problem(path: object) -> str | None:
+    try:
+        re.compile(path)
+        return None
+    except (re.error, TypeError) as exc:
+        return f"expected a regular expression over the layer path ({exc})"
+
+
+_OPTION_CHECKS = {
+    "mode": lambda v: _unless(v in MODES, f"expected one of: {', '.join(MODES)}"),
+    "group_size": lambda v: _unless(
+        _is_group_size(v),
+        "expected a positive integer, or -1 for one group per channel",
+    ),
+    "symmetric": lambda v: _unless(isinstance(v, bool), "expected true or false"),
+    "algorithm": lambda v: _unless(
+        v in ALGORITHMS, f"expected one of: {', '.join(ALGORITHMS)}"
+    ),
+}
+_MATCH_CHECKS = {
+    "role": lambda v: _unless(
+        isinstance(v, str) and any(fnmatch.fnmatchcase(r, v) for r in KNOWN_ROLES),
+        f"unknown role: expected a role or glob matching one of {_ROLES}",
+    ),
+    "blocks": lambda v: _unless(
+        isinstance(v, list) and v and all(map(_is_block_item, v)),
+        "expected a non-empty list of block indices (negative counts from the end)"
+        " and/or 'start:stop' slices",
+    ),
+    "path": _regex_problem,
+}
+
+
+def _in_blocks(block: int | None, num_blocks: int, items: tuple) -> bool:
+    blocks = range(num_blocks)
+    return block is not None and any(block in blocks[_as_slice(i)] for i in items)
+
+
+@functools.lru_cache(maxsize=256)
+def _as_slice(item: int | str) -> slice:
+    """Block index ``i`` as ``slice(i, i + 1)``; ``'a:b'`` as ``slice(a, b)``."""
+    if isinstance(item, int):
+        return slice(item, item + 1 or None)
+    parts = _SLICE.fullmatch(item).groups()
+    return slice(*(None if p is None else int(p) for p in parts))
+
+
+# Shared with hubquant.recipe: reading YAML and phrasing errors.
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.id != "scalar" or key_node.tag.endswith(":merge"):
+                continue  # the base class handles merges and reports complex keys
+            key = self.construct_object(key_node)
+            if key in seen:
+                why = f"duplicate key {key!r} (a missing '-' can merge two list items)"
+                raise yaml.constructor.ConstructorError(
+                    None, None, why, key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str, source: str, error: type[Exception]) -> object:
+    """Parse YAML safely; syntax errors become ``error`` with line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        if mark is None:
+            raise error(
+                f"{source}: invalid YAML: {' '.join(str(exc).split())}"
+            ) from None
+        line = (text.splitlines()[mark.line :] or [""])[0]
+        raise error(
+            f"{source}: line {mark.line + 1}, column {mark.column + 1}: invalid YAML: "
+            f"{exc.problem or exc.context}. Received: text={show(line)}"
+        ) from None
+
+
+def read_text(path: Path, error: type[Exception]) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read: {exc}. Received: path='{path}'") from None
+
+
+def check_mapping(
+    raw: object,
+    allowed: tuple,
+    where: str,
+    name: str,
+    error: type[Exception] = ConfigError,
+    nested: bool = False,
+    empty_ok: bool = True,
+) -> dict:
+    """``raw`` (None: empty) as a mapping whose keys are all in ``allowed``.
+
+    ``nested``: ``raw`` is the value of key ``name`` (its keys read ``name.key``).
+    """
+    if raw is None and empty_ok:
+        return {}
+    expected = f"expected a mapping with keys {', '.join(allowed)}"
+    if not isinstance(raw, dict):
+        head = f"{where}: key '{name}'" if nested else where
+        raise error(f"{head}: {expected}. Received: {name}={show(raw)}")
+    for key, value in raw.items():
+        if key not in allowed:
+            expected = f"unknown key; expected one of {', '.join(allowed)}"
+            key = f"{name}.{key}" if nested else key
+            raise error(message(where, key, expected, value))
+    return raw
+
+
+def show(value: object) -> str:
+    """``repr(value)``, shortened to 80 characters (it is one line already)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def message(where: str, key: str, expected: str, value: object) -> str:
+    """``{where}: key '{key}': {expected}. Received: {key}={value!r}``."""
+    return f"{where}: key '{key}': {expected}. Received: {key}={show(value)}"

@@ -1,0 +1,211 @@
+"""What every hubquant layer shares: quantized matrices and their variables.
+
+A layer holds one or more *matrices* (a Dense kernel, an embedding table, an
+untied LM head). Each is quantized in hubquant's canonical ``[N, K]``
+orientation (output channels by reduction length) and held as three variables:
+``<name>_codes`` (int8, or int4 packed two per byte along K), ``<name>_scale``
+(float32 multipliers) and, for asymmetric int4, ``<name>_zero`` (int8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from keras import ops
+from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
+from keras.quantizers import unpack_int4
+
+from hubquant import quantizers
+
+MODES = ("int8", "int4")
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """How one matrix is quantized, and its canonical shape."""
+
+    mode: str
+    group_size: int
+    symmetric: bool
+    n: int = 0
+    k: int = 0
+
+    @property
+    def groups(self) -> int:
+        return quantizers.num_groups(self.k, self.group_size)
+
+    @property
+    def has_zero(self) -> bool:
+        return self.mode == "int4" and not self.symmetric
+
+    def variable_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Variable suffix -> (shape, dtype), in the fixed saving order."""
+        if self.mode == "int8":
+            return {"codes": ((self.n, self.k), "int8"), "scale": ((self.n,), "float32")}
+        shapes = {
+            "codes": ((self.n, -(-self.k // 2)), "int8"),
+            "scale": ((self.n, self.groups), "float32"),
+        }
+        if self.has_zero:
+            shapes["zero"] = ((self.n, self.groups), "int8")
+        return shapes
+
+
+class QuantizedLayerMixin:
+    """Hook plumbing shared by hubquant's Dense, EinsumDense and embeddings.
+
+    Subclasses define ``_float_matrices()``: matrix name -> (float variable
+    attribute, function giving the ``[N, K]`` float32 matrix).
+    """
+
+    hubquant_specs: dict  # matrix name -> MatrixSpec, set before quantize/build
+
+    # -- quantize ---------------------------------------------------------
+    def quantize(self, mode=None, type_check=True, config=None, **kwargs):
+        """Quantize every matrix with a spec; ``mode`` must match the specs."""
+        if mode not in MODES:
+            raise NotImplementedError(
+                f"{type(self).__name__} supports modes {MODES}. Received: mode={mode!r}"
+            )
+        values = kwargs.pop("values", None) or {}
+        if getattr(self, "_is_quantized", False):
+            raise ValueError(f"Layer '{self.path}' is already quantized.")
+        self._tracker.unlock()
+        try:
+            for name, spec in self.hubquant_specs.items():
+                attr, to_matrix = self._float_matrices()[name]
+                matrix = values.get(name) or _quantize(to_matrix(), spec)
+                self._drop_variable(attr)
+                self._build_matrix(name, spec)
+                self._assign_matrix(name, matrix)
+            self._is_quantized = True
+        finally:
+            self._tracker.lock()
+        self._set_quantized_policy(mode)
+
+    def _set_quantized_policy(self, mode: str) -> None:
+        source = getattr(self, "hubquant_source_dtype", None) or self.dtype_policy.name
+        self.dtype_policy = QuantizedDTypePolicy(mode, source)
+
+    def quantized_build(self, shape, mode, config=None):
+        """Allocate quantized variables directly (loading never holds floats)."""
+        for name, spec in self.hubquant_specs.items():
+            self._build_matrix(name, spec)
+        self._is_quantized = True
+
+    def _int8_build(self, shape, config=None):
+        self.quantized_build(shape, "int8", config)
+
+    def _int4_build(self, shape, config=None):
+        self.quantized_build(shape, "int4", config)
+
+    # -- variables ----------------------------------------------------------
+    def _build_matrix(self, name: str, spec: MatrixSpec) -> None:
+        for suffix, (shape, dtype) in spec.variable_shapes().items():
+            var = self.add_weight(
+                name=f"{name}_{suffix}",
+                shape=shape,
+                dtype=dtype,
+                initializer="zeros",
+                trainable=False,
+            )
+            setattr(self, f"{name}_{suffix}", var)
+
+    def _assign_matrix(self, name: str, matrix: quantizers.QuantizedMatrix) -> None:
+        getattr(self, f"{name}_codes").assign(matrix.codes)
+        getattr(self, f"{name}_scale").assign(matrix.scale)
+        if matrix.zero is not None:
+            getattr(self, f"{name}_zero").assign(matrix.zero)
+
+    def _drop_variable(self, attr: str) -> None:
+        """Forget a variable without Keras' per-call garbage collection."""
+        var = getattr(self, attr, None)
+        if var is not None:
+            self._untrack_variable(var)
+            object.__delattr__(self, attr)
+
+    def quantized_variables(self) -> list:
+        """All variables in the fixed saving order: matrices, then the rest."""
+        ordered = [
+            getattr(self, f"{name}_{suffix}")
+            for name, spec in self.hubquant_specs.items()
+            for suffix in spec.variable_shapes()
+        ]
+        ids = {id(v) for v in ordered}
+        return ordered + [v for v in self._own_float_variables() if id(v) not in ids]
+
+    def _build_float_matrices(self, dtype: str) -> None:
+        """Re-create float matrices the Plan leaves alone (skeleton builds)."""
+
+    def _own_float_variables(self) -> list:
+        return [v for v in self.variables if "float" in str(v.dtype)]
+
+    def save_own_variables(self, store):
+        if not getattr(self, "_is_quantized", False):
+            return super().save_own_variables(store)
+        for i, var in enumerate(self.quantized_variables()):
+            store[str(i)] = var
+
+    def load_own_variables(self, store):
+        if not getattr(self, "_is_quantized", False):
+            return super().load_own_variables(store)
+        variables = self.quantized_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer '{self.path}' expects {len(variables)} variables, "
+                f"but the file holds {len(store.keys())}."
+            )
+        for i, var in enumerate(variables):
+            value = store[str(i)]
+            if tuple(value.shape) != tuple(var.shape):
+                raise ValueError(
+                    f"Layer '{self.path}' variable '{var.name}' expects shape "
+                    f"{tuple(var.shape)}. Received: shape={tuple(value.shape)}"
+                )
+            var.assign(value)
+
+    # -- forward helpers ------------------------------------------------------
+    def _dequantized(self, name: str, dtype, rows=None) -> object:
+        """The ``[N, K]`` matrix (or only ``rows`` of it) rebuilt in ``dtype``."""
+        spec = self.hubquant_specs[name]
+        parts = [getattr(self, f"{name}_{s}") for s in spec.variable_shapes()]
+        if rows is not None:
+            parts = [ops.take(p, rows, axis=0) for p in parts]
+        codes, scale = parts[0], parts[1]
+        if spec.mode == "int8":
+            return ops.cast(ops.cast(codes, "float32") * scale[:, None], dtype)
+        n = ops.shape(codes)[0]
+        q = ops.cast(unpack_int4(codes, spec.k, axis=-1), "float32")
+        gs = spec.k if spec.group_size == -1 else spec.group_size
+        pad = spec.groups * gs - spec.k
+        if pad:
+            q = ops.pad(q, [[0, 0], [0, pad]])
+        q = ops.reshape(q, (n, spec.groups, gs))
+        if spec.has_zero:
+            q = q - ops.cast(parts[2], "float32")[..., None]
+        w = ops.reshape(q * scale[..., None], (n, spec.groups * gs))
+        return ops.cast(w[:, : spec.k], dtype)
+
+    def _spec_config(self) -> dict:
+        return {name: asdict(spec) for name, spec in self.hubquant_specs.items()}
+
+
+def specs_from_config(config: dict | None) -> dict:
+    return {name: MatrixSpec(**spec) for name, spec in (config or {}).items()}
+
+
+def source_dtype_of(layer) -> str:
+    """The float policy name a layer computes in (maps resolved by path)."""
+    policy = layer.dtype_policy
+    if isinstance(policy, DTypePolicyMap):
+        policy = policy[layer.path]
+    if policy.quantization_mode is not None:
+        return policy.source_name
+    return policy.name
+
+
+def _quantize(matrix: np.ndarray, spec: MatrixSpec) -> quantizers.QuantizedMatrix:
+    if spec.mode == "int8":
+        return quantizers.quantize_int8(matrix)
+    return quantizers.quantize_int4(matrix, spec.group_size, spec.symmetric)

@@ -1,0 +1,112 @@
+"""hubquant's replacements for Keras ``Embedding`` and KerasHub's ``ReversibleEmbedding``.
+
+The token table ``[vocab, hidden]`` is already in canonical ``[N, K]`` form:
+one scale per row (int8) or per group of a row (int4). Lookups gather the
+codes of the requested rows and dequantize only those. An untied LM head
+(``reverse_embeddings``, ``[hidden, vocab]``) is a second matrix, ``reverse``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+from keras.layers import ReversibleEmbedding
+
+from hubquant.layers.base import QuantizedLayerMixin, specs_from_config
+
+
+class _QuantTable(QuantizedLayerMixin):
+    def __init__(self, *args, hubquant=None, hubquant_source_dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hubquant_specs = specs_from_config(hubquant)
+        self.hubquant_source_dtype = hubquant_source_dtype
+
+    def _float_matrices(self):
+        matrices = {"embeddings": ("_embeddings", lambda: _f32(self._embeddings))}
+        if getattr(self, "reverse_embeddings", None) is not None:
+            matrices["reverse"] = (
+                "reverse_embeddings",
+                lambda: _f32(self.reverse_embeddings).T,
+            )
+        return matrices
+
+    def _build_float_matrices(self, dtype: str) -> None:
+        if "embeddings" not in self.hubquant_specs:
+            self._embeddings = self.add_weight(
+                shape=(self.input_dim, self.output_dim), name="embeddings", dtype=dtype
+            )
+        tied = getattr(self, "tie_weights", True)
+        if not tied and "reverse" not in self.hubquant_specs:
+            self.reverse_embeddings = self.add_weight(
+                shape=(self.output_dim, self.input_dim), name="reverse_embeddings", dtype=dtype
+            )
+
+    @property
+    def embeddings(self):
+        if "embeddings" not in getattr(self, "hubquant_specs", {}) or not getattr(
+            self, "_is_quantized", False
+        ):
+            return self._embeddings
+        return self._dequantized("embeddings", self.compute_dtype)
+
+    def _lookup(self, inputs):
+        if inputs.dtype not in ("int32", "int64"):
+            inputs = ops.cast(inputs, "int32")
+        if "embeddings" not in self.hubquant_specs:
+            return ops.cast(ops.take(self._embeddings, inputs, axis=0), self.compute_dtype)
+        flat = ops.reshape(inputs, (-1,))
+        rows = self._dequantized("embeddings", self.compute_dtype, rows=flat)
+        return ops.reshape(rows, (*ops.shape(inputs), self.output_dim))
+
+    def get_config(self):
+        config = super().get_config()
+        config["hubquant"] = self._spec_config()
+        config["hubquant_source_dtype"] = self.hubquant_source_dtype
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hubquant")
+class QuantEmbedding(_QuantTable, keras.layers.Embedding):
+    """``Embedding`` whose table can be held as int8 or packed int4."""
+
+    def _quantized_forward(self, inputs):
+        return self._lookup(inputs)
+
+    _int8_call = _quantized_forward
+    _int4_call = _quantized_forward
+
+
+@keras.saving.register_keras_serializable(package="hubquant")
+class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
+    """Token table that is also the LM head; both read the quantized storage."""
+
+    def _quantized_forward(self, inputs, reverse=False):
+        if not reverse:
+            return self._lookup(inputs)
+        name = "embeddings" if self.tie_weights else "reverse"
+        dtype = self.reverse_dtype or self.compute_dtype
+        inputs = ops.cast(inputs, dtype)
+        if name not in self.hubquant_specs:
+            kernel = self._embeddings if self.tie_weights else ops.transpose(
+                self.reverse_embeddings
+            )
+            logits = ops.matmul(inputs, ops.transpose(ops.cast(kernel, dtype)))
+        elif self.hubquant_specs[name].mode == "int8":
+            codes = ops.cast(getattr(self, f"{name}_codes"), dtype)
+            logits = ops.matmul(inputs, ops.transpose(codes))
+            logits = logits * ops.cast(getattr(self, f"{name}_scale"), dtype)
+        else:
+            logits = ops.matmul(inputs, ops.transpose(self._dequantized(name, dtype)))
+        if self.logit_soft_cap is not None:
+            cap = self.logit_soft_cap
+            logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
+        return logits
+
+    _int8_call = _quantized_forward
+    _int4_call = _quantized_forward
+
+
+def _f32(variable):
+    import numpy as np
+
+    return np.asarray(variable).astype(np.float32)

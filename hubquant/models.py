@@ -1,0 +1,111 @@
+"""Registered subclasses that make a quantized model survive save and load.
+
+A KerasHub backbone's config is only its constructor arguments, so swapped
+layers would be forgotten on reload. hubquant gives the backbone (and its task)
+a registered subclass of its own class, same name, package ``hubquant``: its
+``get_config`` adds the Plan and its ``from_config`` builds the backbone as
+usual and then re-applies the Plan as a quantized skeleton before Keras loads
+the weights. Subclasses exist for every KerasHub backbone and task class, so
+artefacts load in a fresh process after ``import hubquant``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+import keras_hub
+from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
+from keras_hub.models import Backbone, Task
+
+from hubquant.errors import HubquantError
+from hubquant.plan import Plan
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+class HubquantBackboneMixin:
+    """Adds the Plan to the backbone's config and re-applies it on load."""
+
+    hubquant_plan: Plan
+
+    def get_config(self):
+        config = super().get_config()
+        config["dtype"] = keras.dtype_policies.serialize(dtype_map(self.hubquant_plan))
+        config["hubquant"] = {"plan": self.hubquant_plan.to_dict()}
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        from hubquant.surgery import build_skeleton
+
+        config = dict(config)
+        plan = Plan.from_dict(config.pop("hubquant")["plan"])
+        if config.get("dtype") is None:
+            config["dtype"] = dtype_map(plan)
+        backbone = super().from_config(config)
+        build_skeleton(backbone, plan)
+        object.__setattr__(backbone, "hubquant_plan", plan)
+        return backbone
+
+
+def dtype_map(plan: Plan) -> DTypePolicyMap:
+    """Float default for the backbone, a quantized policy per planned layer."""
+    policies = {
+        entries[0].path: QuantizedDTypePolicy(entries[0].mode, entries[0].source_dtype)
+        for entries in plan.layers().values()
+    }
+    return DTypePolicyMap(default_policy=plan.dtype, policy_map=policies)
+
+
+def hubquant_class(base: type) -> type:
+    """The registered hubquant subclass of a KerasHub backbone or task class."""
+    if getattr(base, "_hubquant_base", None) is not None:
+        return base
+    if base not in _SUBCLASSES:
+        if issubclass(base, Backbone):
+            attrs = {}
+            bases = (HubquantBackboneMixin, base)
+        else:
+            attrs = {"backbone_cls": hubquant_class(base.backbone_cls)}
+            bases = (base,)
+        attrs.update(__module__=__name__, _hubquant_base=base, __doc__=base.__doc__)
+        cls = type(base.__name__, bases, attrs)
+        keras.saving.register_keras_serializable("hubquant", base.__name__)(cls)
+        _SUBCLASSES[base] = cls
+    return _SUBCLASSES[base]
+
+
+def mark_quantized(model, plan: Plan) -> None:
+    """Give a model (task or backbone) and its backbone their hubquant classes."""
+    backbone = model.backbone if isinstance(model, Task) else model
+    backbone.__class__ = hubquant_class(type(backbone))
+    object.__setattr__(backbone, "hubquant_plan", plan)
+    if isinstance(model, Task):
+        model.__class__ = hubquant_class(type(model))
+
+
+def is_quantized(model) -> bool:
+    backbone = model.backbone if isinstance(model, Task) else model
+    return getattr(type(backbone), "_hubquant_base", None) is not None
+
+
+def register_all() -> None:
+    """Register subclasses for every KerasHub backbone and task class."""
+    classes = [c for c in vars(keras_hub.models).values() if inspect.isclass(c)]
+    for cls in classes:
+        if issubclass(cls, Backbone) and cls is not Backbone:
+            hubquant_class(cls)
+    for cls in classes:
+        backbone_cls = getattr(cls, "backbone_cls", None)
+        if issubclass(cls, Task) and inspect.isclass(backbone_cls):
+            if issubclass(backbone_cls, Backbone) and backbone_cls is not Backbone:
+                hubquant_class(cls)
+
+
+def require_float(model) -> None:
+    if is_quantized(model):
+        raise HubquantError(
+            f"{type(model).__name__} is already quantized by hubquant; quantize "
+            "the float model instead."
+        )

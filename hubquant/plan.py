@@ -1,0 +1,274 @@
+"""The Plan: every weight-bearing layer a recipe names, and what to do with it.
+
+Resolved once from (model, recipe, config), printed by ``--dry-run``, saved
+with the artefact and used again at load time. Nothing downstream re-derives
+what the config meant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from hubquant import quantizers
+from hubquant.config import Config
+from hubquant.errors import ConfigError, RecipeError
+from hubquant.recipe import Recipe, RoleSpec
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One matrix of one layer: where it is, its role, and how it is quantized."""
+
+    path: str  # Keras layer path, e.g. "decoder_block_0/attention/query"
+    attr: str  # attribute path from the backbone, e.g. "transformer_layers.0.attention.query_dense"
+    role: str
+    block: int | None
+    matrix: str  # "kernel", "embeddings" or "reverse"
+    layer: str  # hubquant layer class
+    mode: str
+    group_size: int
+    symmetric: bool
+    algorithm: str
+    source_dtype: str
+    shape: tuple[int, int]  # canonical [N, K]
+    kernel_shape: tuple[int, ...]  # the float variable's shape in Keras layout
+    rule: int | None  # number of the rule that decided it; None = default
+    hf: str | None = None
+
+    @property
+    def params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def bytes_before(self) -> int:
+        return self.params * _itemsize(self.source_dtype)
+
+    @property
+    def bytes_after(self) -> int:
+        n, k = self.shape
+        if self.mode == "none":
+            return self.bytes_before
+        if self.mode == "int8":
+            return n * k + 4 * n
+        groups = quantizers.num_groups(k, self.group_size)
+        zero = 0 if self.symmetric else n * groups
+        return n * -(-k // 2) + 4 * n * groups + zero
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "shape": list(self.shape), "kernel_shape": list(self.kernel_shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PlanEntry:
+        shapes = {k: tuple(data[k]) for k in ("shape", "kernel_shape")}
+        return cls(**{**data, **shapes})
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: str
+    backbone: str
+    dtype: str  # the backbone's float dtype policy name
+    entries: tuple[PlanEntry, ...]
+    config_source: str = ""
+    unmatched_rules: tuple[str, ...] = field(default=())
+
+    @property
+    def quantized(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.mode != "none")
+
+    def layers(self) -> dict[str, list[PlanEntry]]:
+        """Quantized entries grouped by layer attribute path, in plan order."""
+        grouped: dict[str, list[PlanEntry]] = {}
+        for entry in self.quantized:
+            grouped.setdefault(entry.attr, []).append(entry)
+        return grouped
+
+    def totals(self) -> dict[str, int]:
+        before = sum(e.bytes_before for e in self.entries)
+        after = sum(e.bytes_after for e in self.entries)
+        return {
+            "params": sum(e.params for e in self.entries),
+            "bytes_before": before,
+            "bytes_after": after,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "recipe": self.recipe,
+            "backbone": self.backbone,
+            "dtype": self.dtype,
+            "config_source": self.config_source,
+            "unmatched_rules": list(self.unmatched_rules),
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        version = data.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            from hubquant.errors import ArtefactError
+
+            raise ArtefactError(
+                f"plan format version {version} is newer than this hubquant "
+                f"understands ({FORMAT_VERSION}). Upgrade hubquant."
+            )
+        return cls(
+            recipe=data["recipe"],
+            backbone=data["backbone"],
+            dtype=data["dtype"],
+            config_source=data.get("config_source", ""),
+            unmatched_rules=tuple(data.get("unmatched_rules", ())),
+            entries=tuple(PlanEntry.from_dict(e) for e in data["entries"]),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+
+def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False) -> Plan:
+    """Match a built backbone against a recipe and a config.
+
+    Fails before anything changes when the recipe does not fit the model.
+    """
+    from hubquant.layers.registry import matrix_shape, replacement_for, variable_shape
+
+    blocks = _blocks(backbone, recipe)
+    entries, used_rules = [], set()
+    for spec in recipe.roles:
+        for block, owner, where in _owners(backbone, blocks, spec, recipe.blocks):
+            layer = _find(owner, spec.path, spec, where)
+            layer_cls = replacement_for(layer, spec, recipe)
+            matrix = _matrix_name(layer, spec)
+            options, rule = config.resolve(spec.role, block, len(blocks), layer.path)
+            used_rules.update(
+                r.number for r in config.rules if r.match.matches(spec.role, block, len(blocks), layer.path)
+            )
+            entries.append(
+                PlanEntry(
+                    path=layer.path,
+                    attr=f"{where}.{spec.path}" if where else spec.path,
+                    role=spec.role,
+                    block=block,
+                    matrix=matrix,
+                    layer=layer_cls.__name__,
+                    mode=options.mode,
+                    group_size=options.group_size,
+                    symmetric=options.symmetric,
+                    algorithm=options.algorithm,
+                    source_dtype=_source_dtype(layer),
+                    shape=matrix_shape(layer, matrix),
+                    kernel_shape=variable_shape(layer, matrix),
+                    rule=None if rule is None else rule.number,
+                    hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
+                )
+            )
+    entries = _merge_shared(entries, config)
+    unmatched = tuple(r.describe() for r in config.rules if r.number not in used_rules)
+    if strict and unmatched:
+        raise ConfigError(
+            f"{config.source}: {unmatched[0]} matched no layer of this model "
+            f"(recipe '{recipe.name}'); --strict makes that an error."
+        )
+    return Plan(
+        recipe=recipe.name,
+        backbone=type(backbone).__name__,
+        dtype=_backbone_dtype(backbone),
+        entries=tuple(entries),
+        config_source=config.source,
+        unmatched_rules=unmatched,
+    )
+
+
+def _blocks(backbone, recipe: Recipe) -> list:
+    blocks = getattr(backbone, recipe.blocks, None)
+    if blocks is None:
+        raise RecipeError(
+            f"recipe '{recipe.name}' ({recipe.source}): backbone "
+            f"{type(backbone).__name__} has no block list '{recipe.blocks}'."
+        )
+    return list(blocks)
+
+
+def _owners(backbone, blocks, spec: RoleSpec, blocks_attr: str):
+    if spec.scope == "backbone":
+        yield None, backbone, ""
+        return
+    for i, block in enumerate(blocks):
+        yield i, block, f"{blocks_attr}.{i}"
+
+
+def _find(owner, dotted: str, spec: RoleSpec, where: str):
+    obj = owner
+    for part in dotted.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
+        if obj is None:
+            place = f"block {where.rsplit('.', 1)[-1]}" if where else "the backbone"
+            raise RecipeError(
+                f"role '{spec.role}': path '{dotted}' not found in {place} "
+                f"({type(owner).__name__}); the recipe does not fit this model."
+            )
+    return obj
+
+
+def _matrix_name(layer, spec: RoleSpec) -> str:
+    if spec.part == "reverse":
+        return "embeddings" if getattr(layer, "tie_weights", True) else "reverse"
+    if hasattr(layer, "input_dim") and hasattr(layer, "output_dim"):
+        return "embeddings"
+    return "kernel"
+
+
+def _merge_shared(entries: list[PlanEntry], config: Config) -> list[PlanEntry]:
+    """Entries naming the same matrix (a tied embedding and LM head) must agree."""
+    by_matrix: dict[tuple[str, str], PlanEntry] = {}
+    merged = []
+    for entry in entries:
+        key = (entry.path, entry.matrix)
+        first = by_matrix.get(key)
+        if first is None:
+            by_matrix[key] = entry
+            merged.append(entry)
+            continue
+        winner = _agree(first, entry, config)
+        merged[merged.index(first)] = winner
+        by_matrix[key] = winner
+    return merged
+
+
+def _agree(a: PlanEntry, b: PlanEntry, config: Config) -> PlanEntry:
+    """One entry for a shared matrix; an explicit rule beats the default."""
+
+    def opts(e):
+        return (e.mode, e.group_size, e.symmetric, e.algorithm)
+
+    if a.rule is not None and b.rule is not None and opts(a) != opts(b):
+        raise ConfigError(
+            f"{config.source}: rule {a.rule} sets role '{a.role}' to {opts(a)[:3]} but "
+            f"rule {b.rule} sets role '{b.role}' to {opts(b)[:3]}; they are one tied "
+            f"table ('{a.path}'). Give both roles the same mode."
+        )
+    chosen = b if a.rule is None and b.rule is not None else a
+    return replace(chosen, role=f"{a.role}+{b.role}", hf=a.hf or b.hf)
+
+
+def _source_dtype(layer) -> str:
+    from hubquant.layers import source_dtype_of
+
+    return source_dtype_of(layer)
+
+
+def _backbone_dtype(backbone) -> str:
+    from keras.dtype_policies import DTypePolicyMap
+
+    policy = backbone.dtype_policy
+    if isinstance(policy, DTypePolicyMap):
+        policy = policy.default_policy
+    return policy.name
+
+
+def _itemsize(dtype: str) -> int:
+    return {"bfloat16": 2, "float16": 2, "float64": 8}.get(dtype, 4)

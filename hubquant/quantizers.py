@@ -1,0 +1,163 @@
+"""Weight quantizers: float matrices in, integer codes and scales out.
+
+Every matrix is handled in hubquant's canonical orientation ``[out, in]``
+(``N`` output channels, ``K`` reduction length), with groups running along the
+reduction axis. Scales are multipliers: ``w ~ (q - zero) * scale``.
+See docs/format.md for the storage conventions.
+
+The work is a handful of fused array operations compiled with JAX, applied to
+bounded chunks of rows so that memory stays proportional to the chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Clipping ratios searched per group: 1.0 is plain min/max, so the search can
+# only lower a group's reconstruction error.
+CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.6, 21))
+_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class QuantizedMatrix:
+    """Integer codes and their scales for one ``[N, K]`` matrix."""
+
+    codes: np.ndarray  # int8 [N, K] (int8) or packed int8 [N, ceil(K/2)] (int4)
+    scale: np.ndarray  # float32 [N] (int8) or [N, G] (int4)
+    zero: np.ndarray | None  # int8 [N, G] for asymmetric int4, else None
+
+
+def num_groups(k: int, group_size: int) -> int:
+    """Number of groups along a reduction axis of length ``k``."""
+    return 1 if group_size == -1 else -(-k // group_size)
+
+
+def quantize_int8(w: np.ndarray) -> QuantizedMatrix:
+    """Symmetric int8, one scale per output row (abs-max / 127)."""
+    codes, scale = _map_rows(_int8_chunk, np.asarray(w, np.float32))
+    return QuantizedMatrix(codes, scale, None)
+
+
+def quantize_int4(
+    w: np.ndarray, group_size: int = 128, symmetric: bool = False
+) -> QuantizedMatrix:
+    """Group-wise int4 with a clipping search; codes packed two per byte."""
+    w = np.asarray(w, np.float32)
+    n, k = w.shape
+    gs = k if group_size == -1 else group_size
+    g = num_groups(k, group_size)
+    padded = np.zeros((n, g * gs), np.float32)
+    padded[:, :k] = w
+    fn = functools.partial(_int4_chunk, symmetric=symmetric)
+    codes, scale, zero = _map_rows(fn, padded.reshape(n, g, gs))
+    codes = codes.reshape(n, g * gs)[:, :k]
+    return QuantizedMatrix(pack_int4(codes), scale, None if symmetric else zero)
+
+
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """Pack int4 codes in [-8, 7] along the last axis: even index in the low nibble."""
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros_like(codes[..., :1])], axis=-1)
+    low = codes[..., 0::2].astype(np.uint8) & 0x0F
+    high = (codes[..., 1::2].astype(np.uint8) & 0x0F) << 4
+    return (low | high).view(np.int8)
+
+
+def unpack_int4(packed: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of ``pack_int4`` (NumPy), trimmed to ``length`` along the last axis."""
+    low = (packed.astype(np.int8) << 4) >> 4
+    high = packed.astype(np.int8) >> 4
+    out = np.stack([low, high], axis=-1).reshape(*packed.shape[:-1], -1)
+    return out[..., :length]
+
+
+def dequantize(
+    matrix: QuantizedMatrix, k: int, group_size: int | None = None
+) -> np.ndarray:
+    """Float32 ``[N, K]`` reconstruction (NumPy), for reports and exports."""
+    if group_size is None:
+        return matrix.codes.astype(np.float32) * matrix.scale[:, None]
+    q = unpack_int4(matrix.codes, k).astype(np.float32)
+    n = q.shape[0]
+    gs = k if group_size == -1 else group_size
+    g = matrix.scale.shape[1]
+    padded = np.zeros((n, g * gs), np.float32)
+    padded[:, :k] = q
+    grouped = padded.reshape(n, g, gs)
+    if matrix.zero is not None:
+        grouped = grouped - matrix.zero[..., None].astype(np.float32)
+    return (grouped * matrix.scale[..., None]).reshape(n, g * gs)[:, :k]
+
+
+def _map_rows(fn, x: np.ndarray):
+    """Apply a compiled per-row function to bounded chunks of rows."""
+    row_elements = max(1, int(np.prod(x.shape[1:])))
+    rows = max(1, _CHUNK_ELEMENTS // row_elements)
+    parts = [fn(jnp.asarray(x[i : i + rows])) for i in range(0, x.shape[0], rows)]
+    return tuple(
+        None if p[0] is None else np.concatenate([np.asarray(c) for c in p])
+        for p in zip(*parts, strict=True)
+    )
+
+
+@jax.jit
+def _int8_chunk(w):
+    absmax = jnp.max(jnp.abs(w), axis=-1)
+    scale = jnp.where(absmax > 0, absmax / 127.0, 1.0)
+    codes = jnp.clip(jnp.round(w / scale[:, None]), -127, 127).astype(jnp.int8)
+    return codes, scale
+
+
+@functools.partial(jax.jit, static_argnames="symmetric")
+def _int4_chunk(w, symmetric: bool):
+    """Best (by squared error) of the clipped candidates, per group.
+
+    ``w`` is ``[rows, G, gs]``; returns signed codes, scales and zero points.
+    """
+    first = _int4_candidate(w, CLIP_RATIOS[0], symmetric)
+
+    def keep_better(best, ratio):
+        cand = _int4_candidate(w, ratio, symmetric)
+        better = cand[3] < best[3]
+        q = jnp.where(better[..., None], cand[0], best[0])
+        rest = (jnp.where(better, c, b) for c, b in zip(cand[1:], best[1:]))
+        return (q, *rest), None
+
+    best, _ = jax.lax.scan(keep_better, first, jnp.asarray(CLIP_RATIOS[1:]))
+    codes, scale, zero, _ = _refine_scale(w, *best[:3])
+    return codes, scale, zero
+
+
+def _int4_candidate(w, ratio: float, symmetric: bool):
+    """Codes, scale, zero and squared error for one clipping ratio."""
+    if symmetric:
+        absmax = jnp.max(jnp.abs(w), axis=-1) * ratio
+        scale = jnp.where(absmax > 0, absmax / 7.0, 1.0)
+        zero = jnp.zeros_like(scale)
+        q = jnp.clip(jnp.round(w / scale[..., None]), -8, 7)
+    else:
+        lo = jnp.minimum(jnp.min(w, axis=-1), 0.0) * ratio
+        hi = jnp.maximum(jnp.max(w, axis=-1), 0.0) * ratio
+        scale = jnp.where(hi > lo, (hi - lo) / 15.0, 1.0)
+        zero = jnp.clip(jnp.round(-lo / scale), 0, 15) - 8.0
+        q = jnp.clip(jnp.round(w / scale[..., None]) + zero[..., None], -8, 7)
+    err = jnp.sum(jnp.square((q - zero[..., None]) * scale[..., None] - w), axis=-1)
+    return q, scale, zero, err
+
+
+def _refine_scale(w, q, scale, zero):
+    """Least-squares scale for the chosen codes: never worse than ``scale``."""
+    centred = q - zero[..., None]
+    denom = jnp.sum(jnp.square(centred), axis=-1)
+    ls = jnp.sum(w * centred, axis=-1) / jnp.where(denom > 0, denom, 1.0)
+    ls = jnp.where(denom > 0, ls, scale)
+    old = jnp.sum(jnp.square(centred * scale[..., None] - w), axis=-1)
+    new = jnp.sum(jnp.square(centred * ls[..., None] - w), axis=-1)
+    scale = jnp.where(new < old, ls, scale)
+    return q.astype(jnp.int8), scale, zero.astype(jnp.int8), jnp.minimum(new, old)

@@ -1,0 +1,150 @@
+"""Small synthetic presets: the built-in offline default and the test fixtures.
+
+They have real KerasHub architectures and tokenizers, and weights shaped like
+trained ones (per-channel scales spread over an order of magnitude, a few
+outlier input channels), but they are random: they show the pipeline, not a
+model worth talking to.
+"""
+
+from __future__ import annotations
+
+import io
+
+import keras
+import keras_hub
+import numpy as np
+
+DEFAULT_PRESET = "synthetic-gemma"
+
+_CORPUS = (
+    "Keras is a deep learning library for Python. It runs on JAX, TensorFlow "
+    "and PyTorch. KerasHub holds pretrained models such as Gemma and Llama, "
+    "ready to generate text. Quantization stores each weight with fewer bits, "
+    "so a model takes less memory and loads faster. A group of weights shares "
+    "one scale, and an integer code per weight says where it falls between the "
+    "smallest and the largest value of its group. The quick brown fox jumps "
+    "over the lazy dog while the small model answers questions about the "
+    "weather, the sea, numbers from one to ten and the names of the months. "
+)
+
+
+def gemma_tokenizer(vocab_size: int = 384) -> keras_hub.models.GemmaTokenizer:
+    """A SentencePiece tokenizer trained on a built-in paragraph."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS.split(". ") * 4),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return keras_hub.models.GemmaTokenizer(proto=model.getvalue())
+
+
+def llama3_tokenizer() -> keras_hub.models.Llama3Tokenizer:
+    """A byte-level BPE tokenizer: the 256 byte symbols and a few merges."""
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"]
+    for merge in merges:
+        vocab.setdefault(merge.replace(" ", ""), len(vocab))
+    for token in ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"):
+        vocab[token] = len(vocab)
+    for token in ("<|start_header_id|>", "<|end_header_id|>"):
+        vocab[token] = len(vocab)
+    return keras_hub.models.Llama3Tokenizer(vocabulary=vocab, merges=merges)
+
+
+def gemma_causal_lm(seed: int = 0, **dims) -> keras_hub.models.GemmaCausalLM:
+    """A tiny GemmaCausalLM with trained-like weights and a real tokenizer."""
+    tokenizer = gemma_tokenizer()
+    config = dict(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=1,
+        hidden_dim=96,
+        intermediate_dim=320,
+        head_dim=24,
+    )
+    config.update(dims)
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GemmaBackbone(**config)
+    return _task(keras_hub.models.GemmaCausalLM, backbone, tokenizer, seed)
+
+
+def llama3_causal_lm(seed: int = 0, **dims) -> keras_hub.models.Llama3CausalLM:
+    """A tiny Llama3CausalLM (untied LM head unless told otherwise)."""
+    tokenizer = llama3_tokenizer()
+    config = dict(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=80,
+        intermediate_dim=200,
+        tie_word_embeddings=False,
+    )
+    config.update(dims)
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.Llama3Backbone(**config)
+    return _task(keras_hub.models.Llama3CausalLM, backbone, tokenizer, seed)
+
+
+def default_causal_lm() -> keras_hub.models.GemmaCausalLM:
+    """The built-in offline default: a small synthetic Gemma."""
+    return gemma_causal_lm(
+        seed=2026, num_layers=4, hidden_dim=256, intermediate_dim=1024, head_dim=64
+    )
+
+
+def make_trained_like(model: keras.Model, seed: int) -> None:
+    """Give every matrix per-channel scales and outlier inputs like trained weights."""
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        if len(var.shape) < 2:
+            continue
+        shape = tuple(var.shape)
+        fan_in = shape[0]
+        w = rng.standard_normal(shape).astype(np.float32) / np.sqrt(fan_in)
+        w *= np.exp(rng.uniform(-1.15, 1.15, shape[-1]))  # output channels: 10x spread
+        rows = np.exp(rng.normal(0.0, 0.3, fan_in))
+        rows[rng.choice(fan_in, max(1, fan_in // 32), replace=False)] *= 6.0
+        w *= rows.reshape((fan_in,) + (1,) * (len(shape) - 1))
+        var.assign(w.astype(var.dtype))
+
+
+def _task(task_cls, backbone, tokenizer, seed):
+    preprocessor = task_cls.preprocessor_cls(tokenizer, sequence_length=32)
+    lm = task_cls(backbone=backbone, preprocessor=preprocessor)
+    make_trained_like(backbone, seed)
+    return lm
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 byte values, in byte order."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
