@@ -53,3 +53,56 @@ def apply_plan(model, plan: Plan, on_layer=None) -> None:
 
 def backbone_of(model):
     return model.backbone if isinstance(model, Task) else model
+
+
+def save(
+    model,
+    output: str | Path,
+    formats=("preset",),
+    config: Config | None = None,
+    recipe: Recipe | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a quantized model into the folder ``output``, all or nothing."""
+    from hubquant.io import preset
+    from hubquant.io.output import staged_output
+
+    plan = backbone_of(model).hubquant_plan
+    writers = {"preset": preset.save_preset, "keras": preset.save_keras}
+    unknown = [f for f in formats if f not in writers]
+    if unknown:
+        from hubquant.errors import HubquantError
+
+        raise HubquantError(
+            f"unknown output format '{unknown[0]}'; accepted: {', '.join(writers)}. "
+            f"Received: format={','.join(formats)}"
+        )
+    with staged_output(output, overwrite) as stage:
+        for fmt in formats:
+            writers[fmt](model, stage)
+        recipe_text = recipe.text if recipe is not None else ""
+        preset.write_metadata(stage, plan, recipe_text, config.text if config else "", formats)
+    return Path(output)
+
+
+def load(path: str | Path):
+    """The quantized task model (or backbone) from a folder or a ``.keras`` file."""
+    import keras
+
+    from hubquant.errors import ArtefactError
+    from hubquant.io.preset import load_folder
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".keras":
+        try:
+            return keras.saving.load_model(str(path))
+        except Exception as e:
+            raise ArtefactError(f"'{path}' cannot be loaded: {type(e).__name__}: {_line(e)}") from None
+    if path.is_dir():
+        return load_folder(path)
+    raise ArtefactError(f"'{path}' not found: expected a hubquant folder or a .keras file.")
+
+
+def _line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""

@@ -20,7 +20,7 @@ import numpy as np
 
 # Clipping ratios searched per group: 1.0 is plain min/max, so the search can
 # only lower a group's reconstruction error.
-CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.6, 21))
+CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.6, 41))
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -39,9 +39,11 @@ def num_groups(k: int, group_size: int) -> int:
 
 
 def quantize_int8(w: np.ndarray) -> QuantizedMatrix:
-    """Symmetric int8, one scale per output row (abs-max / 127)."""
-    codes, scale = _map_rows(_int8_chunk, np.asarray(w, np.float32))
-    return QuantizedMatrix(codes, scale, None)
+    """Symmetric int8, one scale per output row, clipping searched per row."""
+    w = np.asarray(w, np.float32)
+    fn = functools.partial(_grid_chunk, symmetric=True, bits=8)
+    codes, scale, _ = _map_rows(fn, w[:, None, :])
+    return QuantizedMatrix(codes[:, 0, :], scale[:, 0], None)
 
 
 def quantize_int4(
@@ -54,7 +56,7 @@ def quantize_int4(
     g = num_groups(k, group_size)
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = w
-    fn = functools.partial(_int4_chunk, symmetric=symmetric)
+    fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4)
     codes, scale, zero = _map_rows(fn, padded.reshape(n, g, gs))
     codes = codes.reshape(n, g * gs)[:, :k]
     return QuantizedMatrix(pack_int4(codes), scale, None if symmetric else zero)
@@ -106,24 +108,16 @@ def _map_rows(fn, x: np.ndarray):
     )
 
 
-@jax.jit
-def _int8_chunk(w):
-    absmax = jnp.max(jnp.abs(w), axis=-1)
-    scale = jnp.where(absmax > 0, absmax / 127.0, 1.0)
-    codes = jnp.clip(jnp.round(w / scale[:, None]), -127, 127).astype(jnp.int8)
-    return codes, scale
-
-
-@functools.partial(jax.jit, static_argnames="symmetric")
-def _int4_chunk(w, symmetric: bool):
+@functools.partial(jax.jit, static_argnames=("symmetric", "bits"))
+def _grid_chunk(w, symmetric: bool, bits: int):
     """Best (by squared error) of the clipped candidates, per group.
 
     ``w`` is ``[rows, G, gs]``; returns signed codes, scales and zero points.
     """
-    first = _int4_candidate(w, CLIP_RATIOS[0], symmetric)
+    first = _candidate(w, CLIP_RATIOS[0], symmetric, bits)
 
     def keep_better(best, ratio):
-        cand = _int4_candidate(w, ratio, symmetric)
+        cand = _candidate(w, ratio, symmetric, bits)
         better = cand[3] < best[3]
         q = jnp.where(better[..., None], cand[0], best[0])
         rest = (jnp.where(better, c, b) for c, b in zip(cand[1:], best[1:]))
@@ -134,19 +128,26 @@ def _int4_chunk(w, symmetric: bool):
     return codes, scale, zero
 
 
-def _int4_candidate(w, ratio: float, symmetric: bool):
-    """Codes, scale, zero and squared error for one clipping ratio."""
+def _candidate(w, ratio, symmetric: bool, bits: int):
+    """Codes, scale, zero and squared error for one clipping ratio.
+
+    Symmetric codes span [-(2^(b-1) - 1), 2^(b-1) - 1] (int4 also uses -8);
+    asymmetric ones [-2^(b-1), 2^(b-1) - 1] around an integer zero point.
+    """
+    top = 2 ** (bits - 1) - 1
+    low = -top - 1 if bits == 4 else -top
     if symmetric:
         absmax = jnp.max(jnp.abs(w), axis=-1) * ratio
-        scale = jnp.where(absmax > 0, absmax / 7.0, 1.0)
+        scale = jnp.where(absmax > 0, absmax / top, 1.0)
         zero = jnp.zeros_like(scale)
-        q = jnp.clip(jnp.round(w / scale[..., None]), -8, 7)
+        q = jnp.clip(jnp.round(w / scale[..., None]), low, top)
     else:
         lo = jnp.minimum(jnp.min(w, axis=-1), 0.0) * ratio
         hi = jnp.maximum(jnp.max(w, axis=-1), 0.0) * ratio
-        scale = jnp.where(hi > lo, (hi - lo) / 15.0, 1.0)
-        zero = jnp.clip(jnp.round(-lo / scale), 0, 15) - 8.0
-        q = jnp.clip(jnp.round(w / scale[..., None]) + zero[..., None], -8, 7)
+        levels = 2**bits - 1
+        scale = jnp.where(hi > lo, (hi - lo) / levels, 1.0)
+        zero = jnp.clip(jnp.round(-lo / scale), 0, levels) - (top + 1)
+        q = jnp.clip(jnp.round(w / scale[..., None]) + zero[..., None], -top - 1, top)
     err = jnp.sum(jnp.square((q - zero[..., None]) * scale[..., None] - w), axis=-1)
     return q, scale, zero, err
 

@@ -1,0 +1,81 @@
+"""KerasHub preset folders and ``.keras`` archives with hubquant's metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+from keras_hub.models import Backbone, Task
+
+from hubquant.errors import ArtefactError
+from hubquant.plan import FORMAT_VERSION, Plan
+
+METADATA_FILE = "hubquant.json"
+KERAS_FILE = "model.keras"
+FORMATS = ("preset", "keras")
+
+
+def write_metadata(folder: Path, plan: Plan, recipe_text: str, config_text: str, formats) -> None:
+    from hubquant import __version__
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "hubquant_version": __version__,
+        "formats": list(formats),
+        "recipe": {"name": plan.recipe, "text": recipe_text},
+        "config": {"source": plan.config_source, "text": config_text},
+        "plan": plan.to_dict(),
+    }
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+
+def save_preset(model, folder: Path) -> None:
+    """KerasHub's own preset layout: config, weights, tokenizer assets."""
+    from hubquant.io.tokenizers import keep_special_tokens
+
+    keep_special_tokens(model)
+    model.save_to_preset(str(folder))
+
+
+def save_keras(model, folder: Path) -> None:
+    model.save(str(folder / KERAS_FILE))
+
+
+def read_metadata(folder: Path) -> dict:
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        raise ArtefactError(
+            f"'{folder}' is not a hubquant artefact: it has no {METADATA_FILE}."
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtefactError(f"'{path}' cannot be read: {e}") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtefactError(
+            f"'{path}' has format version {meta['format_version']}, newer than this "
+            f"hubquant understands ({FORMAT_VERSION}). Upgrade hubquant."
+        )
+    return meta
+
+
+def load_folder(folder: Path):
+    """The quantized task (or backbone) from a preset folder hubquant wrote."""
+    meta = read_metadata(folder)
+    if (folder / "task.json").is_file():
+        config = json.loads((folder / "task.json").read_text())
+        cls = keras.saving.get_registered_object(config["registered_name"])
+        if cls is None or not issubclass(cls, Task):
+            raise ArtefactError(
+                f"'{folder}/task.json' names {config['registered_name']}, which is not a "
+                "task class hubquant knows."
+            )
+        return cls.from_preset(str(folder))
+    if (folder / "config.json").is_file():
+        return Backbone.from_preset(str(folder))
+    if (folder / KERAS_FILE).is_file():
+        return keras.saving.load_model(str(folder / KERAS_FILE))
+    raise ArtefactError(
+        f"'{folder}' holds {METADATA_FILE} but no model files (formats {meta.get('formats')})."
+    )

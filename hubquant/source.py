@@ -1,0 +1,54 @@
+"""Load the float model a user names with ``--preset``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hubquant.errors import PresetError
+from hubquant.synthetic import DEFAULT_PRESET
+
+
+def load_source(preset: str):
+    """A float KerasHub task (a CausalLM where the preset has one) or backbone."""
+    if preset == DEFAULT_PRESET:
+        from hubquant.synthetic import default_causal_lm
+
+        return default_causal_lm()
+    _check_local(preset)
+    import keras_hub
+
+    try:
+        return keras_hub.models.CausalLM.from_preset(preset)
+    except ValueError as e:
+        if "Unable to find a subclass" not in str(e):
+            raise PresetError(_first_line(preset, e)) from None
+    except Exception as e:  # downloads, unreadable files: one clear line
+        raise PresetError(_first_line(preset, e)) from None
+    try:
+        return keras_hub.models.Backbone.from_preset(preset)
+    except Exception as e:
+        raise PresetError(_first_line(preset, e)) from None
+
+
+def _check_local(preset: str) -> None:
+    looks_local = preset.startswith((".", "/", "~")) or os.sep in preset
+    if "://" in preset or not looks_local:
+        return
+    path = Path(preset).expanduser()
+    if not path.exists():
+        raise PresetError(f"preset '{preset}' not found: no such file or folder.")
+    if not (path / "config.json").is_file():
+        raise PresetError(
+            f"preset '{preset}' is not a KerasHub or Hugging Face preset folder: "
+            "it has no config.json."
+        )
+
+
+def _first_line(preset: str, error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    detail = text[0] if text else type(error).__name__
+    kind = type(error).__name__
+    if any(w in detail.lower() for w in ("connect", "resolve", "network", "http", "timed out")):
+        return f"preset '{preset}' could not be fetched (no network?): {kind}: {detail}"
+    return f"preset '{preset}' could not be loaded: {kind}: {detail}"
