@@ -1,6 +1,16 @@
 """hubquant: per-layer INT8/INT4 post-training quantization for KerasHub models."""
 
+import os as _os
+
+# KerasHub imports TensorFlow (for tf.text); keep its C++ start-up chatter quiet.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 __version__ = "0.1.0"
+
+from hubquant._quiet import native_stderr_silenced as _silenced
+
+with _silenced():
+    import keras_hub as _keras_hub  # noqa: F401
 
 from hubquant import models as _models
 from hubquant.api import apply_plan, plan_for, quantize

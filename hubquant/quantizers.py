@@ -22,6 +22,7 @@ import numpy as np
 # only lower a group's reconstruction error.
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.6, 41))
 _CHUNK_ELEMENTS = 1 << 22
+_REFINE_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,37 @@ def _grid_chunk(w, symmetric: bool, bits: int):
         return (q, *rest), None
 
     best, _ = jax.lax.scan(keep_better, first, jnp.asarray(CLIP_RATIOS[1:]))
+    if not symmetric:
+        for _ in range(_REFINE_STEPS):
+            best = _refit_affine(w, best, bits)
     codes, scale, zero, _ = _refine_scale(w, *best[:3])
     return codes, scale, zero
+
+
+def _refit_affine(w, best, bits: int):
+    """Least-squares scale and offset for the chosen codes, then re-round.
+
+    The zero point is rounded back to an integer and the codes recomputed;
+    a group keeps the new values only where its error drops.
+    """
+    q, scale, zero, err = best
+    top = 2 ** (bits - 1) - 1
+    u_mean = jnp.mean(q, axis=-1, keepdims=True)
+    w_mean = jnp.mean(w, axis=-1, keepdims=True)
+    cov = jnp.sum((q - u_mean) * (w - w_mean), axis=-1)
+    var = jnp.sum(jnp.square(q - u_mean), axis=-1)
+    a = jnp.where((var > 0) & (cov > 0), cov / jnp.where(var > 0, var, 1.0), scale)
+    offset = w_mean[..., 0] - a * u_mean[..., 0]  # w ~ a * q + offset
+    new_zero = jnp.clip(jnp.round(-offset / a), -top - 1, top)
+    new_q = jnp.clip(jnp.round(w / a[..., None]) + new_zero[..., None], -top - 1, top)
+    new_err = jnp.sum(jnp.square((new_q - new_zero[..., None]) * a[..., None] - w), axis=-1)
+    better = new_err < err
+    return (
+        jnp.where(better[..., None], new_q, q),
+        jnp.where(better, a, scale),
+        jnp.where(better, new_zero, zero),
+        jnp.where(better, new_err, err),
+    )
 
 
 def _candidate(w, ratio, symmetric: bool, bits: int):

@@ -1,0 +1,54 @@
+"""Tiny presets built once per session with fixed seeds; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import hubquant  # noqa: E402,F401
+from hubquant import synthetic  # noqa: E402
+
+FAMILIES = {
+    "gemma": synthetic.gemma_causal_lm,
+    "llama3": synthetic.llama3_causal_lm,
+}
+
+
+@pytest.fixture(scope="session")
+def float_presets(tmp_path_factory):
+    """Each tiny family saved once as a float KerasHub preset folder."""
+    root = tmp_path_factory.mktemp("float_presets")
+    paths = {}
+    for name, build in FAMILIES.items():
+        paths[name] = root / name
+        build(seed=0).save_to_preset(str(paths[name]))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def inputs():
+    rng = np.random.default_rng(7)
+    return {
+        "token_ids": rng.integers(4, 100, (2, 12)).astype("int32"),
+        "padding_mask": np.ones((2, 12), "int32"),
+    }
+
+
+@pytest.fixture
+def fresh(float_presets):
+    """A function giving a new float task model of a family, from its preset."""
+    import keras_hub
+
+    def make(family: str):
+        return keras_hub.models.CausalLM.from_preset(str(float_presets[family]))
+
+    return make
+
+
+def logits(model, inputs) -> np.ndarray:
+    return np.asarray(model(inputs))

@@ -1,0 +1,92 @@
+"""The ``hubquant`` command: each subcommand calls one library function.
+
+Exit codes: 0 success; 2 anything the user can fix (one line on stderr);
+1 an unexpected internal error (traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USER, EXIT_INTERNAL = 2, 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(EXIT_USER, f"hubquant: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hubquant", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    apply = sub.add_parser("apply", help="quantize a preset and save it")
+    apply.add_argument("--preset", default=None, help="KerasHub preset name, handle or folder (default: the built-in synthetic Gemma, offline)")
+    apply.add_argument("--config", required=True, help="mode config: a YAML file or a shipped name (int8, int4, mixed)")
+    apply.add_argument("--output", help="output folder (required unless --dry-run)")
+    apply.add_argument("--recipe", help="recipe YAML file or shipped recipe name (default: chosen by backbone class)")
+    apply.add_argument("--format", default="preset", help="comma list of: preset, keras (default: preset)")
+    apply.add_argument("--dry-run", action="store_true", help="print the Plan and write nothing")
+    apply.add_argument("--strict", action="store_true", help="a rule that matches no layer is an error")
+    apply.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    apply.add_argument("--quiet", action="store_true", help="print only errors")
+
+    for kind in ("recipes", "configs"):
+        group = sub.add_parser(kind, help=f"list or show shipped {kind}")
+        verbs = group.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+        verbs.add_parser("list", help=f"list shipped {kind}")
+        show = verbs.add_parser("show", help=f"print one of the shipped {kind}")
+        show.add_argument("name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from hubquant.errors import HubquantError
+
+    try:
+        return _dispatch(args)
+    except HubquantError as e:
+        if args.debug:
+            raise
+        print(f"hubquant: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("hubquant: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: say so plainly
+        if args.debug:
+            raise
+        print(
+            f"hubquant: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _dispatch(args) -> int:
+    from hubquant import commands
+
+    if args.command == "apply":
+        return commands.apply(
+            preset=args.preset,
+            config=args.config,
+            output=args.output,
+            recipe=args.recipe,
+            formats=args.format,
+            dry_run=args.dry_run,
+            strict=args.strict,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+    if args.verb == "list":
+        return commands.list_shipped(args.command)
+    return commands.show_shipped(args.command, args.name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""What each CLI subcommand does, as library calls that print."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hubquant.errors import HubquantError
+
+
+def apply(
+    preset: str | None,
+    config: str,
+    output: str | None,
+    recipe: str | None = None,
+    formats: str = "preset",
+    dry_run: bool = False,
+    strict: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> int:
+    """Load a float preset, quantize it as the config says, save it."""
+    from hubquant import api, report
+    from hubquant.config import load_config
+    from hubquant.io.output import check_target
+    from hubquant.recipe import get_recipe
+    from hubquant.source import load_source
+    from hubquant.synthetic import DEFAULT_PRESET
+
+    say = (lambda *a: None) if quiet else print
+    format_list = _formats(formats)
+    if output is None and not dry_run:
+        raise HubquantError("--output is required (or pass --dry-run). Received: output=None")
+    if output is not None and not dry_run:
+        check_target(Path(output).absolute(), overwrite)
+    config_obj = load_config(config)
+    recipe_obj = get_recipe(recipe) if recipe else None
+    if preset is None:
+        preset = DEFAULT_PRESET
+    if preset == DEFAULT_PRESET:
+        say(f"using the built-in preset '{DEFAULT_PRESET}': synthetic random weights; it shows the pipeline, not a useful model")
+    model = load_source(preset)
+    plan = api.plan_for(model, config_obj, recipe_obj, strict=strict)
+    if dry_run:
+        print(report.plan_table(plan))
+        return 0
+    for line in plan.unmatched_rules:
+        say(f"warning: {line} matched no layer")
+    seconds = _quantize_with_progress(model, plan, say)
+    api.save(model, output, format_list, config=config_obj, recipe=_recipe_of(plan, recipe_obj), overwrite=overwrite)
+    say(report.role_table(plan, seconds))
+    say(f"wrote {output} ({', '.join(format_list)})")
+    return 0
+
+
+def _quantize_with_progress(model, plan, say) -> dict[str, float]:
+    from hubquant import api
+
+    seconds: dict[str, float] = {}
+    total = len(plan.layers())
+    done = [0, time.perf_counter()]
+
+    def on_layer(entries):
+        now = time.perf_counter()
+        for e in entries:
+            seconds[e.role] = seconds.get(e.role, 0.0) + (now - done[1]) / len(entries)
+        done[0] += 1
+        done[1] = now
+        if done[0] == total or done[0] % max(1, total // 10) == 0:
+            say(f"quantized {done[0]}/{total} layers")
+
+    api.apply_plan(model, plan, on_layer=on_layer)
+    return seconds
+
+
+def _recipe_of(plan, recipe_obj):
+    if recipe_obj is not None:
+        return recipe_obj
+    from hubquant.recipe import shipped_recipes
+
+    return shipped_recipes().get(plan.recipe)
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from hubquant.io.preset import FORMATS
+
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    for f in formats:
+        if f not in FORMATS:
+            raise HubquantError(
+                f"--format: unknown format '{f}'; accepted: {', '.join(FORMATS)}. Received: format={text!r}"
+            )
+    return formats or ("preset",)
+
+
+def list_shipped(kind: str) -> int:
+    from hubquant.resources import shipped_files
+
+    for name, path in shipped_files(kind).items():
+        print(f"{name:12s} {_first_comment(path)}")
+    return 0
+
+
+def show_shipped(kind: str, name: str) -> int:
+    from hubquant.resources import shipped_files
+
+    files = shipped_files(kind)
+    path = files.get(name.removesuffix(".yaml"))
+    if path is None:
+        raise HubquantError(
+            f"no shipped {kind[:-1]} named '{name}'; shipped: {', '.join(files)}. Received: name={name!r}"
+        )
+    print(path.read_text(), end="")
+    return 0
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
