@@ -81,7 +81,9 @@ def save(
         for fmt in formats:
             writers[fmt](model, stage)
         recipe_text = recipe.text if recipe is not None else ""
-        preset.write_metadata(stage, plan, recipe_text, config.text if config else "", formats)
+        preset.write_metadata(
+            stage, plan, recipe_text, config.text if config else "", formats
+        )
     return Path(output)
 
 
@@ -97,10 +99,14 @@ def load(path: str | Path):
         try:
             return keras.saving.load_model(str(path))
         except Exception as e:
-            raise ArtefactError(f"'{path}' cannot be loaded: {type(e).__name__}: {_line(e)}") from None
+            raise ArtefactError(
+                f"'{path}' cannot be loaded: {type(e).__name__}: {_line(e)}"
+            ) from None
     if path.is_dir():
         return load_folder(path)
-    raise ArtefactError(f"'{path}' not found: expected a hubquant folder or a .keras file.")
+    raise ArtefactError(
+        f"'{path}' not found: expected a hubquant folder or a .keras file."
+    )
 
 
 def _line(e: Exception) -> str:

@@ -24,14 +24,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     apply = sub.add_parser("apply", help="quantize a preset and save it")
-    apply.add_argument("--preset", default=None, help="KerasHub preset name, handle or folder (default: the built-in synthetic Gemma, offline)")
-    apply.add_argument("--config", required=True, help="mode config: a YAML file or a shipped name (int8, int4, mixed)")
+    apply.add_argument(
+        "--preset",
+        default=None,
+        help="KerasHub preset name, handle or folder (default: the built-in synthetic Gemma, offline)",
+    )
+    apply.add_argument(
+        "--config",
+        required=True,
+        help="mode config: a YAML file or a shipped name (int8, int4, mixed)",
+    )
     apply.add_argument("--output", help="output folder (required unless --dry-run)")
-    apply.add_argument("--recipe", help="recipe YAML file or shipped recipe name (default: chosen by backbone class)")
-    apply.add_argument("--format", default="preset", help="comma list of: preset, keras (default: preset)")
-    apply.add_argument("--dry-run", action="store_true", help="print the Plan and write nothing")
-    apply.add_argument("--strict", action="store_true", help="a rule that matches no layer is an error")
-    apply.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    apply.add_argument(
+        "--recipe",
+        help="recipe YAML file or shipped recipe name (default: chosen by backbone class)",
+    )
+    apply.add_argument(
+        "--format",
+        default="preset",
+        help="comma list of: preset, keras (default: preset)",
+    )
+    apply.add_argument(
+        "--dry-run", action="store_true", help="print the Plan and write nothing"
+    )
+    apply.add_argument(
+        "--strict", action="store_true", help="a rule that matches no layer is an error"
+    )
+    apply.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty output folder"
+    )
     apply.add_argument("--quiet", action="store_true", help="print only errors")
 
     for kind in ("recipes", "configs"):

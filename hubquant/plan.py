@@ -58,7 +58,11 @@ class PlanEntry:
         return n * -(-k // 2) + 4 * n * groups + zero
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "shape": list(self.shape), "kernel_shape": list(self.kernel_shape)}
+        return {
+            **asdict(self),
+            "shape": list(self.shape),
+            "kernel_shape": list(self.kernel_shape),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> PlanEntry:
@@ -129,7 +133,9 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
 
-def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False) -> Plan:
+def resolve_plan(
+    backbone, recipe: Recipe, config: Config, strict: bool = False
+) -> Plan:
     """Match a built backbone against a recipe and a config.
 
     Fails before anything changes when the recipe does not fit the model.
@@ -145,7 +151,9 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
             matrix = _matrix_name(layer, spec)
             options, rule = config.resolve(spec.role, block, len(blocks), layer.path)
             used_rules.update(
-                r.number for r in config.rules if r.match.matches(spec.role, block, len(blocks), layer.path)
+                r.number
+                for r in config.rules
+                if r.match.matches(spec.role, block, len(blocks), layer.path)
             )
             entries.append(
                 PlanEntry(
@@ -163,7 +171,9 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
                     shape=matrix_shape(layer, matrix),
                     kernel_shape=variable_shape(layer, matrix),
                     rule=None if rule is None else rule.number,
-                    hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
+                    hf=None
+                    if spec.hf is None
+                    else spec.hf.replace("{block}", str(block)),
                 )
             )
     entries = _merge_shared(entries, config)

@@ -20,7 +20,7 @@ import numpy as np
 
 # Clipping ratios searched per group: 1.0 is plain min/max, so the search can
 # only lower a group's reconstruction error.
-CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.6, 41))
+CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.8, 21))
 _CHUNK_ELEMENTS = 1 << 22
 _REFINE_STEPS = 2
 
@@ -40,9 +40,10 @@ def num_groups(k: int, group_size: int) -> int:
 
 
 def quantize_int8(w: np.ndarray) -> QuantizedMatrix:
-    """Symmetric int8, one scale per output row, clipping searched per row."""
+    """Symmetric int8, one scale per output row: abs-max, then a least-squares
+    scale for the rounded codes (never clipped: outlier weights stay exact)."""
     w = np.asarray(w, np.float32)
-    fn = functools.partial(_grid_chunk, symmetric=True, bits=8)
+    fn = functools.partial(_grid_chunk, symmetric=True, bits=8, ratios=(1.0,))
     codes, scale, _ = _map_rows(fn, w[:, None, :])
     return QuantizedMatrix(codes[:, 0, :], scale[:, 0], None)
 
@@ -57,7 +58,7 @@ def quantize_int4(
     g = num_groups(k, group_size)
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = w
-    fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4)
+    fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=CLIP_RATIOS)
     codes, scale, zero = _map_rows(fn, padded.reshape(n, g, gs))
     codes = codes.reshape(n, g * gs)[:, :k]
     return QuantizedMatrix(pack_int4(codes), scale, None if symmetric else zero)
@@ -109,13 +110,13 @@ def _map_rows(fn, x: np.ndarray):
     )
 
 
-@functools.partial(jax.jit, static_argnames=("symmetric", "bits"))
-def _grid_chunk(w, symmetric: bool, bits: int):
+@functools.partial(jax.jit, static_argnames=("symmetric", "bits", "ratios"))
+def _grid_chunk(w, symmetric: bool, bits: int, ratios: tuple[float, ...]):
     """Best (by squared error) of the clipped candidates, per group.
 
     ``w`` is ``[rows, G, gs]``; returns signed codes, scales and zero points.
     """
-    first = _candidate(w, CLIP_RATIOS[0], symmetric, bits)
+    best = _candidate(w, ratios[0], symmetric, bits)
 
     def keep_better(best, ratio):
         cand = _candidate(w, ratio, symmetric, bits)
@@ -124,7 +125,8 @@ def _grid_chunk(w, symmetric: bool, bits: int):
         rest = (jnp.where(better, c, b) for c, b in zip(cand[1:], best[1:]))
         return (q, *rest), None
 
-    best, _ = jax.lax.scan(keep_better, first, jnp.asarray(CLIP_RATIOS[1:]))
+    if len(ratios) > 1:
+        best, _ = jax.lax.scan(keep_better, best, jnp.asarray(ratios[1:]))
     if not symmetric:
         for _ in range(_REFINE_STEPS):
             best = _refit_affine(w, best, bits)
@@ -148,7 +150,9 @@ def _refit_affine(w, best, bits: int):
     offset = w_mean[..., 0] - a * u_mean[..., 0]  # w ~ a * q + offset
     new_zero = jnp.clip(jnp.round(-offset / a), -top - 1, top)
     new_q = jnp.clip(jnp.round(w / a[..., None]) + new_zero[..., None], -top - 1, top)
-    new_err = jnp.sum(jnp.square((new_q - new_zero[..., None]) * a[..., None] - w), axis=-1)
+    new_err = jnp.sum(
+        jnp.square((new_q - new_zero[..., None]) * a[..., None] - w), axis=-1
+    )
     better = new_err < err
     return (
         jnp.where(better[..., None], new_q, q),

@@ -11,10 +11,23 @@ def plan_table(plan: Plan) -> str:
     """One row per layer: path, role, mode, options, parameters, bytes."""
     rows = [("path", "role", "mode", "group", "sym", "params", "before", "after")]
     for e in plan.entries:
-        group = "-" if e.mode != "int4" else ("chan" if e.group_size == -1 else str(e.group_size))
+        group = (
+            "-"
+            if e.mode != "int4"
+            else ("chan" if e.group_size == -1 else str(e.group_size))
+        )
         sym = "-" if e.mode == "none" else ("yes" if e.symmetric else "no")
         rows.append(
-            (e.path, e.role, e.mode, group, sym, f"{e.params:,}", _size(e.bytes_before), _size(e.bytes_after))
+            (
+                e.path,
+                e.role,
+                e.mode,
+                group,
+                sym,
+                f"{e.params:,}",
+                _size(e.bytes_before),
+                _size(e.bytes_after),
+            )
         )
     return _format(rows) + "\n" + totals_line(plan) + _unmatched(plan)
 
@@ -30,10 +43,28 @@ def role_table(plan: Plan, seconds: dict[str, float] | None = None) -> str:
     rows = [("role", "params", "before", "after", "ratio", "time")]
     for role, (params, before, after) in sums.items():
         t = (seconds or {}).get(role)
-        rows.append((role, f"{params:,}", _size(before), _size(after), f"{before / after:.2f}x", "-" if t is None else f"{t:.2f}s"))
+        rows.append(
+            (
+                role,
+                f"{params:,}",
+                _size(before),
+                _size(after),
+                f"{before / after:.2f}x",
+                "-" if t is None else f"{t:.2f}s",
+            )
+        )
     totals = plan.totals()
     total_t = sum((seconds or {}).values())
-    rows.append(("total", f"{totals['params']:,}", _size(totals["bytes_before"]), _size(totals["bytes_after"]), f"{totals['bytes_before'] / totals['bytes_after']:.2f}x", f"{total_t:.2f}s" if seconds else "-"))
+    rows.append(
+        (
+            "total",
+            f"{totals['params']:,}",
+            _size(totals["bytes_before"]),
+            _size(totals["bytes_after"]),
+            f"{totals['bytes_before'] / totals['bytes_after']:.2f}x",
+            f"{total_t:.2f}s" if seconds else "-",
+        )
+    )
     return _format(rows)
 
 
@@ -55,7 +86,10 @@ def _format(rows) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for r in rows:
-        cells = [str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [
+            str(c).ljust(w) if i < 2 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths))
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

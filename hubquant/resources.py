@@ -3,7 +3,10 @@
 from importlib import resources
 from pathlib import Path
 
-_PACKAGES = {"recipes": "hubquant.shipped_recipes", "configs": "hubquant.shipped_configs"}
+_PACKAGES = {
+    "recipes": "hubquant.shipped_recipes",
+    "configs": "hubquant.shipped_configs",
+}
 
 
 def shipped_dir(kind: str) -> Path:

@@ -110,19 +110,25 @@ def default_causal_lm() -> keras_hub.models.GemmaCausalLM:
     )
 
 
-def make_trained_like(model: keras.Model, seed: int) -> None:
-    """Give every matrix per-channel scales and outlier inputs like trained weights."""
+def make_trained_like(model: keras.Model, seed: int, std: float = 0.02) -> None:
+    """Give every matrix trained-like structure at a trained-like scale.
+
+    Output channels (last axis) get scales spread over an order of magnitude,
+    input rows (first axis) a log-normal spread with a few 6x outliers; each
+    matrix is then scaled to standard deviation ``std`` (0.02, as in many
+    trained LLMs), so the residual stream stays well-conditioned.
+    """
     rng = np.random.default_rng(seed)
     for var in model.weights:
         if len(var.shape) < 2:
             continue
         shape = tuple(var.shape)
-        fan_in = shape[0]
-        w = rng.standard_normal(shape).astype(np.float32) / np.sqrt(fan_in)
-        w *= np.exp(rng.uniform(-1.15, 1.15, shape[-1]))  # output channels: 10x spread
-        rows = np.exp(rng.normal(0.0, 0.3, fan_in))
-        rows[rng.choice(fan_in, max(1, fan_in // 32), replace=False)] *= 6.0
-        w *= rows.reshape((fan_in,) + (1,) * (len(shape) - 1))
+        w = rng.standard_normal(shape).astype(np.float32)
+        w *= np.exp(rng.uniform(-1.15, 1.15, shape[-1]))
+        rows = np.exp(rng.normal(0.0, 0.3, shape[0]))
+        rows[rng.choice(shape[0], max(1, shape[0] // 32), replace=False)] *= 6.0
+        w *= rows.reshape((shape[0],) + (1,) * (len(shape) - 1))
+        w *= std / w.std()
         var.assign(w.astype(var.dtype))
 
 

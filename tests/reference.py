@@ -11,7 +11,9 @@ from hubquant.quantizers import CLIP_RATIOS
 
 
 def int8(w: np.ndarray):
-    codes, scale, _ = _search(w[:, None, :].astype(np.float32), bits=8, symmetric=True)
+    codes, scale, _ = _search(
+        w[:, None, :].astype(np.float32), bits=8, symmetric=True, ratios=(1.0,)
+    )
     return codes[:, 0, :], scale[:, 0]
 
 
@@ -26,11 +28,11 @@ def int4(w: np.ndarray, group_size: int, symmetric: bool):
     return codes.reshape(n, g * gs)[:, :k], scale, None if symmetric else zero
 
 
-def _search(w, bits, symmetric):
+def _search(w, bits, symmetric, ratios=CLIP_RATIOS):
     top = 2 ** (bits - 1) - 1
     low = -top - 1 if bits == 4 else -top
     best = None
-    for ratio in CLIP_RATIOS:
+    for ratio in ratios:
         ratio = np.float32(ratio)
         if symmetric:
             amax = np.abs(w).max(-1) * ratio
@@ -40,7 +42,9 @@ def _search(w, bits, symmetric):
         else:
             lo = np.minimum(w.min(-1), 0) * ratio
             hi = np.maximum(w.max(-1), 0) * ratio
-            scale = np.where(hi > lo, (hi - lo) / np.float32(2**bits - 1), np.float32(1))
+            scale = np.where(
+                hi > lo, (hi - lo) / np.float32(2**bits - 1), np.float32(1)
+            )
             zero = np.clip(np.round(-lo / scale), 0, 2**bits - 1) - (top + 1)
             q = np.clip(np.round(w / scale[..., None]) + zero[..., None], -top - 1, top)
         err = (((q - zero[..., None]) * scale[..., None] - w) ** 2).sum(-1)
@@ -78,4 +82,9 @@ def _refit(w, best, top):
     nq = np.clip(np.round(w / a[..., None]) + z[..., None], -top - 1, top)
     nerr = (((nq - z[..., None]) * a[..., None] - w) ** 2).sum(-1)
     b = nerr < err
-    return [np.where(b[..., None], nq, q), np.where(b, a, scale), np.where(b, z, zero), np.where(b, nerr, err)]
+    return [
+        np.where(b[..., None], nq, q),
+        np.where(b, a, scale),
+        np.where(b, z, zero),
+        np.where(b, nerr, err),
+    ]

@@ -16,7 +16,9 @@ KERAS_FILE = "model.keras"
 FORMATS = ("preset", "keras")
 
 
-def write_metadata(folder: Path, plan: Plan, recipe_text: str, config_text: str, formats) -> None:
+def write_metadata(
+    folder: Path, plan: Plan, recipe_text: str, config_text: str, formats
+) -> None:
     from hubquant import __version__
 
     meta = {

@@ -42,7 +42,10 @@ class MatrixSpec:
     def variable_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Variable suffix -> (shape, dtype), in the fixed saving order."""
         if self.mode == "int8":
-            return {"codes": ((self.n, self.k), "int8"), "scale": ((self.n,), "float32")}
+            return {
+                "codes": ((self.n, self.k), "int8"),
+                "scale": ((self.n,), "float32"),
+            }
         shapes = {
             "codes": ((self.n, -(-self.k // 2)), "int8"),
             "scale": ((self.n, self.groups), "float32"),

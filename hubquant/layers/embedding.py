@@ -38,7 +38,9 @@ class _QuantTable(QuantizedLayerMixin):
         tied = getattr(self, "tie_weights", True)
         if not tied and "reverse" not in self.hubquant_specs:
             self.reverse_embeddings = self.add_weight(
-                shape=(self.output_dim, self.input_dim), name="reverse_embeddings", dtype=dtype
+                shape=(self.output_dim, self.input_dim),
+                name="reverse_embeddings",
+                dtype=dtype,
             )
 
     @property
@@ -53,7 +55,9 @@ class _QuantTable(QuantizedLayerMixin):
         if inputs.dtype not in ("int32", "int64"):
             inputs = ops.cast(inputs, "int32")
         if "embeddings" not in self.hubquant_specs:
-            return ops.cast(ops.take(self._embeddings, inputs, axis=0), self.compute_dtype)
+            return ops.cast(
+                ops.take(self._embeddings, inputs, axis=0), self.compute_dtype
+            )
         flat = ops.reshape(inputs, (-1,))
         rows = self._dequantized("embeddings", self.compute_dtype, rows=flat)
         return ops.reshape(rows, (*ops.shape(inputs), self.output_dim))
@@ -87,8 +91,10 @@ class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
         dtype = self.reverse_dtype or self.compute_dtype
         inputs = ops.cast(inputs, dtype)
         if name not in self.hubquant_specs:
-            kernel = self._embeddings if self.tie_weights else ops.transpose(
-                self.reverse_embeddings
+            kernel = (
+                self._embeddings
+                if self.tie_weights
+                else ops.transpose(self.reverse_embeddings)
             )
             logits = ops.matmul(inputs, ops.transpose(ops.cast(kernel, dtype)))
         elif self.hubquant_specs[name].mode == "int8":

@@ -25,8 +25,10 @@ def replacement_for(layer, spec, recipe) -> type:
     base = next((cls for src, cls in REPLACEMENTS if isinstance(layer, src)), None)
     if spec.layer is not None:
         chosen = LAYERS[spec.layer]
-        if base is None or not issubclass(chosen, _keras_base(chosen)) or not isinstance(
-            layer, _keras_base(chosen)
+        if (
+            base is None
+            or not issubclass(chosen, _keras_base(chosen))
+            or not isinstance(layer, _keras_base(chosen))
         ):
             raise RecipeError(
                 f"recipe '{recipe.name}': role '{spec.role}' asks for layer "
