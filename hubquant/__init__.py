@@ -13,7 +13,7 @@ with _silenced():
     import keras_hub as _keras_hub  # noqa: F401
 
 from hubquant import models as _models
-from hubquant.api import apply_plan, plan_for, quantize
+from hubquant.api import apply_plan, load, plan_for, quantize, save
 from hubquant.errors import (
     ArtefactError,
     ConfigError,
@@ -22,6 +22,7 @@ from hubquant.errors import (
     PresetError,
     RecipeError,
 )
+from hubquant.io import tokenizers as _tokenizers  # noqa: F401  (registers classes)
 from hubquant.plan import Plan, PlanEntry
 
 _models.register_all()
@@ -36,6 +37,8 @@ __all__ = [
     "PresetError",
     "RecipeError",
     "apply_plan",
+    "load",
     "plan_for",
     "quantize",
+    "save",
 ]

@@ -59,8 +59,6 @@ def save(
     model,
     output: str | Path,
     formats=("preset",),
-    config: Config | None = None,
-    recipe: Recipe | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a quantized model into the folder ``output``, all or nothing."""
@@ -68,22 +66,11 @@ def save(
     from hubquant.io.output import staged_output
 
     plan = backbone_of(model).hubquant_plan
-    writers = {"preset": preset.save_preset, "keras": preset.save_keras}
-    unknown = [f for f in formats if f not in writers]
-    if unknown:
-        from hubquant.errors import HubquantError
-
-        raise HubquantError(
-            f"unknown output format '{unknown[0]}'; accepted: {', '.join(writers)}. "
-            f"Received: format={','.join(formats)}"
-        )
+    writers = preset.writers(formats)
     with staged_output(output, overwrite) as stage:
-        for fmt in formats:
-            writers[fmt](model, stage)
-        recipe_text = recipe.text if recipe is not None else ""
-        preset.write_metadata(
-            stage, plan, recipe_text, config.text if config else "", formats
-        )
+        for write in writers:
+            write(model, stage)
+        preset.write_metadata(stage, plan, formats)
     return Path(output)
 
 

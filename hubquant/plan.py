@@ -78,6 +78,8 @@ class Plan:
     entries: tuple[PlanEntry, ...]
     config_source: str = ""
     unmatched_rules: tuple[str, ...] = field(default=())
+    config_text: str = ""  # the config as given, so an artefact can be redone
+    recipe_text: str = ""
 
     @property
     def quantized(self) -> tuple[PlanEntry, ...]:
@@ -107,6 +109,8 @@ class Plan:
             "dtype": self.dtype,
             "config_source": self.config_source,
             "unmatched_rules": list(self.unmatched_rules),
+            "config_text": self.config_text,
+            "recipe_text": self.recipe_text,
             "entries": [e.to_dict() for e in self.entries],
         }
 
@@ -126,6 +130,8 @@ class Plan:
             dtype=data["dtype"],
             config_source=data.get("config_source", ""),
             unmatched_rules=tuple(data.get("unmatched_rules", ())),
+            config_text=data.get("config_text", ""),
+            recipe_text=data.get("recipe_text", ""),
             entries=tuple(PlanEntry.from_dict(e) for e in data["entries"]),
         )
 
@@ -190,6 +196,8 @@ def resolve_plan(
         entries=tuple(entries),
         config_source=config.source,
         unmatched_rules=unmatched,
+        config_text=config.text,
+        recipe_text=recipe.text,
     )
 
 

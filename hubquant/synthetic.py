@@ -53,11 +53,14 @@ def gemma_tokenizer(vocab_size: int = 384) -> keras_hub.models.GemmaTokenizer:
     return keras_hub.models.GemmaTokenizer(proto=model.getvalue())
 
 
+LLAMA3_MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"]
+
+
 def llama3_tokenizer() -> keras_hub.models.Llama3Tokenizer:
     """A byte-level BPE tokenizer: the 256 byte symbols and a few merges."""
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols)}
-    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"]
+    merges = list(LLAMA3_MERGES)
     for merge in merges:
         vocab.setdefault(merge.replace(" ", ""), len(vocab))
     for token in ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"):
@@ -85,9 +88,9 @@ def gemma_causal_lm(seed: int = 0, **dims) -> keras_hub.models.GemmaCausalLM:
     return _task(keras_hub.models.GemmaCausalLM, backbone, tokenizer, seed)
 
 
-def llama3_causal_lm(seed: int = 0, **dims) -> keras_hub.models.Llama3CausalLM:
+def llama3_causal_lm(seed: int = 0, tokenizer=None, **dims) -> keras_hub.models.Llama3CausalLM:
     """A tiny Llama3CausalLM (untied LM head unless told otherwise)."""
-    tokenizer = llama3_tokenizer()
+    tokenizer = tokenizer or llama3_tokenizer()
     config = dict(
         vocabulary_size=tokenizer.vocabulary_size(),
         num_layers=2,

@@ -16,17 +16,29 @@ KERAS_FILE = "model.keras"
 FORMATS = ("preset", "keras")
 
 
-def write_metadata(
-    folder: Path, plan: Plan, recipe_text: str, config_text: str, formats
-) -> None:
+def writers(formats) -> list:
+    """The writer for each requested format, in order; unknown ones are an error."""
+    from hubquant.errors import HubquantError
+
+    table = {"preset": save_preset, "keras": save_keras}
+    for fmt in formats:
+        if fmt not in table:
+            raise HubquantError(
+                f"unknown output format '{fmt}'; accepted: {', '.join(FORMATS)}. "
+                f"Received: format={','.join(formats)}"
+            )
+    return [table[fmt] for fmt in formats]
+
+
+def write_metadata(folder: Path, plan: Plan, formats) -> None:
     from hubquant import __version__
 
     meta = {
         "format_version": FORMAT_VERSION,
         "hubquant_version": __version__,
         "formats": list(formats),
-        "recipe": {"name": plan.recipe, "text": recipe_text},
-        "config": {"source": plan.config_source, "text": config_text},
+        "recipe": {"name": plan.recipe, "text": plan.recipe_text},
+        "config": {"source": plan.config_source, "text": plan.config_text},
         "plan": plan.to_dict(),
     }
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))

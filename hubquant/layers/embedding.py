@@ -115,4 +115,4 @@ class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
 def _f32(variable):
     import numpy as np
 
-    return np.asarray(variable).astype(np.float32)
+    return ops.convert_to_numpy(variable).astype(np.float32)

@@ -59,7 +59,7 @@ class KernelLayout:
 
     def to_matrix(self, kernel) -> np.ndarray:
         """Float32 ``[N, K]`` from a kernel in Keras layout."""
-        kernel = np.asarray(kernel).astype(np.float32)
+        kernel = ops.convert_to_numpy(kernel).astype(np.float32)
         perm = self.output_axes + self.reduce_axes
         return np.transpose(kernel, perm).reshape(self.n, self.k)
 
