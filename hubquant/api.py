@@ -91,9 +91,7 @@ def load(path: str | Path):
             ) from None
     if path.is_dir():
         return load_folder(path)
-    raise ArtefactError(
-        f"'{path}' not found: expected a hubquant folder or a .keras file."
-    )
+    raise ArtefactError(f"'{path}' not found: expected a hubquant folder or a .keras file.")
 
 
 def _line(e: Exception) -> str:

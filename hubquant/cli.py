@@ -44,15 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="preset",
         help="comma list of: preset, keras (default: preset)",
     )
-    apply.add_argument(
-        "--dry-run", action="store_true", help="print the Plan and write nothing"
-    )
+    apply.add_argument("--dry-run", action="store_true", help="print the Plan and write nothing")
     apply.add_argument(
         "--strict", action="store_true", help="a rule that matches no layer is an error"
     )
-    apply.add_argument(
-        "--overwrite", action="store_true", help="replace a non-empty output folder"
-    )
+    apply.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     apply.add_argument("--quiet", action="store_true", help="print only errors")
 
     for kind in ("recipes", "configs"):

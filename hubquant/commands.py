@@ -30,9 +30,7 @@ def apply(
     say = (lambda *a: None) if quiet else print
     format_list = _formats(formats)
     if output is None and not dry_run:
-        raise HubquantError(
-            "--output is required (or pass --dry-run). Received: output=None"
-        )
+        raise HubquantError("--output is required (or pass --dry-run). Received: output=None")
     if output is not None and not dry_run:
         check_target(Path(output).absolute(), overwrite)
     config_obj = load_config(config)
@@ -51,14 +49,7 @@ def apply(
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
     seconds = _quantize_with_progress(model, plan, say)
-    api.save(
-        model,
-        output,
-        format_list,
-        config=config_obj,
-        recipe=_recipe_of(plan, recipe_obj),
-        overwrite=overwrite,
-    )
+    api.save(model, output, format_list, overwrite=overwrite)
     say(report.role_table(plan, seconds))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0

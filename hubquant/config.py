@@ -188,9 +188,7 @@ _OPTION_CHECKS = {
         "expected a positive integer, or -1 for one group per channel",
     ),
     "symmetric": lambda v: _unless(isinstance(v, bool), "expected true or false"),
-    "algorithm": lambda v: _unless(
-        v in ALGORITHMS, f"expected one of: {', '.join(ALGORITHMS)}"
-    ),
+    "algorithm": lambda v: _unless(v in ALGORITHMS, f"expected one of: {', '.join(ALGORITHMS)}"),
 }
 _MATCH_CHECKS = {
     "role": lambda v: _unless(
@@ -234,9 +232,7 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node)
             if key in seen:
                 why = f"duplicate key {key!r} (a missing '-' can merge two list items)"
-                raise yaml.constructor.ConstructorError(
-                    None, None, why, key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, why, key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -248,9 +244,7 @@ def read_yaml(text: str, source: str, error: type[Exception]) -> object:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         if mark is None:
-            raise error(
-                f"{source}: invalid YAML: {' '.join(str(exc).split())}"
-            ) from None
+            raise error(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
         line = (text.splitlines()[mark.line :] or [""])[0]
         raise error(
             f"{source}: line {mark.line + 1}, column {mark.column + 1}: invalid YAML: "

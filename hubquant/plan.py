@@ -139,9 +139,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
 
-def resolve_plan(
-    backbone, recipe: Recipe, config: Config, strict: bool = False
-) -> Plan:
+def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False) -> Plan:
     """Match a built backbone against a recipe and a config.
 
     Fails before anything changes when the recipe does not fit the model.
@@ -177,9 +175,7 @@ def resolve_plan(
                     shape=matrix_shape(layer, matrix),
                     kernel_shape=variable_shape(layer, matrix),
                     rule=None if rule is None else rule.number,
-                    hf=None
-                    if spec.hf is None
-                    else spec.hf.replace("{block}", str(block)),
+                    hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
                 )
             )
     entries = _merge_shared(entries, config)

@@ -48,9 +48,7 @@ def quantize_int8(w: np.ndarray) -> QuantizedMatrix:
     return QuantizedMatrix(codes[:, 0, :], scale[:, 0], None)
 
 
-def quantize_int4(
-    w: np.ndarray, group_size: int = 128, symmetric: bool = False
-) -> QuantizedMatrix:
+def quantize_int4(w: np.ndarray, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
     """Group-wise int4 with a clipping search; codes packed two per byte."""
     w = np.asarray(w, np.float32)
     n, k = w.shape
@@ -81,9 +79,7 @@ def unpack_int4(packed: np.ndarray, length: int) -> np.ndarray:
     return out[..., :length]
 
 
-def dequantize(
-    matrix: QuantizedMatrix, k: int, group_size: int | None = None
-) -> np.ndarray:
+def dequantize(matrix: QuantizedMatrix, k: int, group_size: int | None = None) -> np.ndarray:
     """Float32 ``[N, K]`` reconstruction (NumPy), for reports and exports."""
     if group_size is None:
         return matrix.codes.astype(np.float32) * matrix.scale[:, None]
@@ -122,7 +118,7 @@ def _grid_chunk(w, symmetric: bool, bits: int, ratios: tuple[float, ...]):
         cand = _candidate(w, ratio, symmetric, bits)
         better = cand[3] < best[3]
         q = jnp.where(better[..., None], cand[0], best[0])
-        rest = (jnp.where(better, c, b) for c, b in zip(cand[1:], best[1:]))
+        rest = (jnp.where(better, c, b) for c, b in zip(cand[1:], best[1:], strict=False))
         return (q, *rest), None
 
     if len(ratios) > 1:
@@ -150,9 +146,7 @@ def _refit_affine(w, best, bits: int):
     offset = w_mean[..., 0] - a * u_mean[..., 0]  # w ~ a * q + offset
     new_zero = jnp.clip(jnp.round(-offset / a), -top - 1, top)
     new_q = jnp.clip(jnp.round(w / a[..., None]) + new_zero[..., None], -top - 1, top)
-    new_err = jnp.sum(
-        jnp.square((new_q - new_zero[..., None]) * a[..., None] - w), axis=-1
-    )
+    new_err = jnp.sum(jnp.square((new_q - new_zero[..., None]) * a[..., None] - w), axis=-1)
     better = new_err < err
     return (
         jnp.where(better[..., None], new_q, q),

@@ -11,11 +11,7 @@ def plan_table(plan: Plan) -> str:
     """One row per layer: path, role, mode, options, parameters, bytes."""
     rows = [("path", "role", "mode", "group", "sym", "params", "before", "after")]
     for e in plan.entries:
-        group = (
-            "-"
-            if e.mode != "int4"
-            else ("chan" if e.group_size == -1 else str(e.group_size))
-        )
+        group = "-" if e.mode != "int4" else ("chan" if e.group_size == -1 else str(e.group_size))
         sym = "-" if e.mode == "none" else ("yes" if e.symmetric else "no")
         rows.append(
             (
@@ -88,7 +84,7 @@ def _format(rows) -> str:
     for r in rows:
         cells = [
             str(c).ljust(w) if i < 2 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths))
+            for i, (c, w) in enumerate(zip(r, widths, strict=False))
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)

@@ -49,9 +49,6 @@ def _first_line(preset: str, error: Exception) -> str:
     text = str(error).strip().splitlines()
     detail = text[0] if text else type(error).__name__
     kind = type(error).__name__
-    if any(
-        w in detail.lower()
-        for w in ("connect", "resolve", "network", "http", "timed out")
-    ):
+    if any(w in detail.lower() for w in ("connect", "resolve", "network", "http", "timed out")):
         return f"preset '{preset}' could not be fetched (no network?): {kind}: {detail}"
     return f"preset '{preset}' could not be loaded: {kind}: {detail}"

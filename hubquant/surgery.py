@@ -46,9 +46,7 @@ def build_skeleton(backbone, plan: Plan) -> None:
         finally:
             layer._tracker.lock()
         layer._is_quantized = True
-        layer.dtype_policy = QuantizedDTypePolicy(
-            entries[0].mode, entries[0].source_dtype
-        )
+        layer.dtype_policy = QuantizedDTypePolicy(entries[0].mode, entries[0].source_dtype)
 
 
 def layer_at(backbone, attr: str):
@@ -70,8 +68,7 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
         for name in ("build", "quantize"):
             layer.__dict__.pop(name, None)
     layer.hubquant_specs = {
-        e.matrix: MatrixSpec(e.mode, e.group_size, e.symmetric, *e.shape)
-        for e in entries
+        e.matrix: MatrixSpec(e.mode, e.group_size, e.symmetric, *e.shape) for e in entries
     }
     layer.hubquant_source_dtype = entries[0].source_dtype
     if entries[0].matrix == "kernel":

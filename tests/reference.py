@@ -42,9 +42,7 @@ def _search(w, bits, symmetric, ratios=CLIP_RATIOS):
         else:
             lo = np.minimum(w.min(-1), 0) * ratio
             hi = np.maximum(w.max(-1), 0) * ratio
-            scale = np.where(
-                hi > lo, (hi - lo) / np.float32(2**bits - 1), np.float32(1)
-            )
+            scale = np.where(hi > lo, (hi - lo) / np.float32(2**bits - 1), np.float32(1))
             zero = np.clip(np.round(-lo / scale), 0, 2**bits - 1) - (top + 1)
             q = np.clip(np.round(w / scale[..., None]) + zero[..., None], -top - 1, top)
         err = (((q - zero[..., None]) * scale[..., None] - w) ** 2).sum(-1)

@@ -119,9 +119,7 @@ def test_a_blocks_rule_never_matches_layers_outside_blocks():
     assert match.matches("mlp.up", 3, 6, "x")
     assert not match.matches("embed", None, 6, "x")
     # without blocks, a rule matches layers outside blocks too
-    assert (
-        parse("rules:\n  - {mode: int8}").rules[0].match.matches("embed", None, 6, "x")
-    )
+    assert parse("rules:\n  - {mode: int8}").rules[0].match.matches("embed", None, 6, "x")
 
 
 def test_role_is_a_glob():
@@ -177,8 +175,7 @@ def test_describe_and_unmatched_rules():
         ),
         (
             "rule: []\n",
-            "c.yaml: key 'rule': unknown key; expected one of default, rules. "
-            "Received: rule=[]",
+            "c.yaml: key 'rule': unknown key; expected one of default, rules. Received: rule=[]",
         ),
         (
             "default: {mdoe: int8}\n",
@@ -187,13 +184,11 @@ def test_describe_and_unmatched_rules():
         ),
         (
             "rules: {mode: int8}\n",
-            "c.yaml: key 'rules': expected a list of rules. "
-            "Received: rules={'mode': 'int8'}",
+            "c.yaml: key 'rules': expected a list of rules. Received: rules={'mode': 'int8'}",
         ),
         (
             "rules:\n  - int8\n",
-            f"c.yaml: rule 1: expected a mapping with keys {RULE_KEYS}. "
-            "Received: rule='int8'",
+            f"c.yaml: rule 1: expected a mapping with keys {RULE_KEYS}. Received: rule='int8'",
         ),
         (
             "rules:\n  - {mode: int8}\n  - {mode: int8, bits: 4}\n",
@@ -212,8 +207,7 @@ def test_describe_and_unmatched_rules():
         ),
         (
             "default: {mode: int3}\n",
-            "c.yaml: default: key 'mode': expected one of: none, int8, int4. "
-            "Received: mode='int3'",
+            "c.yaml: default: key 'mode': expected one of: none, int8, int4. Received: mode='int3'",
         ),
         (
             "rules:\n  - {group_size: 0}\n",
@@ -221,23 +215,19 @@ def test_describe_and_unmatched_rules():
         ),
         (
             "rules:\n  - {group_size: abc}\n",
-            f"c.yaml: rule 1: key 'group_size': {GROUP_SIZE}. "
-            "Received: group_size='abc'",
+            f"c.yaml: rule 1: key 'group_size': {GROUP_SIZE}. Received: group_size='abc'",
         ),
         (
             "rules:\n  - {group_size: true}\n",
-            f"c.yaml: rule 1: key 'group_size': {GROUP_SIZE}. "
-            "Received: group_size=True",
+            f"c.yaml: rule 1: key 'group_size': {GROUP_SIZE}. Received: group_size=True",
         ),
         (
             "default: {symmetric: 'yes'}\n",
-            "c.yaml: default: key 'symmetric': expected true or false. "
-            "Received: symmetric='yes'",
+            "c.yaml: default: key 'symmetric': expected true or false. Received: symmetric='yes'",
         ),
         (
             "rules:\n  - {algorithm: gptq}\n",
-            "c.yaml: rule 1: key 'algorithm': expected one of: rtn. "
-            "Received: algorithm='gptq'",
+            "c.yaml: rule 1: key 'algorithm': expected one of: rtn. Received: algorithm='gptq'",
         ),
         (
             "rules:\n  - match: {path: '('}\n",
@@ -247,13 +237,11 @@ def test_describe_and_unmatched_rules():
         ),
         (
             "rules:\n  - match: {blocks: [0, 'x']}\n",
-            f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. "
-            "Received: match.blocks=[0, 'x']",
+            f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. Received: match.blocks=[0, 'x']",
         ),
         (
             "rules:\n  - match: {blocks: ['::0']}\n",
-            f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. "
-            "Received: match.blocks=['::0']",
+            f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. Received: match.blocks=['::0']",
         ),
         (
             "rules:\n  - match: {blocks: []}\n",
@@ -313,9 +301,7 @@ def test_shipped_configs_say_what_they_promise():
         for block in range(6)
     }
     int4_layers = {key for key, mode in modes.items() if mode == "int4"}
-    assert int4_layers == {
-        (r, b) for r in ("mlp.gate", "mlp.down") for b in (1, 2, 3, 4)
-    }
+    assert int4_layers == {(r, b) for r in ("mlp.gate", "mlp.down") for b in (1, 2, 3, 4)}
     assert resolve(mixed, "embed", None)[0].mode == "int8"
     assert resolve(mixed, "lm_head", None)[0].mode == "int8"
 
@@ -332,8 +318,7 @@ def test_unknown_config_names_the_shipped_ones():
     with pytest.raises(ConfigError) as info:
         load_config("int3")
     assert str(info.value) == (
-        "config 'int3' not found: not a file and not a shipped config "
-        "(shipped: int4, int8, mixed)"
+        "config 'int3' not found: not a file and not a shipped config (shipped: int4, int8, mixed)"
     )
 
 

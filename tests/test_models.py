@@ -82,15 +82,11 @@ def test_int8_every_matrix_at_least_as_close_as_keras_abs_max(family, fresh):
         layer = surgery.layer_at(lm.backbone, e.attr)
         w = floats[e.path, e.matrix]
         ours = np.asarray(layer._dequantized(e.matrix, "float32"))
-        assert np.sum((ours - w) ** 2) <= _keras_int8_weight_error(layer, w) * (
-            1 + 1e-6
-        ), e.path
+        assert np.sum((ours - w) ** 2) <= _keras_int8_weight_error(layer, w) * (1 + 1e-6), e.path
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_int8_logits_match_keras_weight_only_and_beat_its_default(
-    family, fresh, inputs
-):
+def test_int8_logits_match_keras_weight_only_and_beat_its_default(family, fresh, inputs):
     """Per-channel int8 is near-optimal, so whole-model logits agree with Keras'
     weight-only int8 within the spread of rounding (2 %), and hubquant's int8
     is far closer than Keras' default int8, which also quantizes activations."""
@@ -99,9 +95,7 @@ def test_int8_logits_match_keras_weight_only_and_beat_its_default(
     hubquant.quantize(ours, "int8")
     ours_mse = mse(logits(ours, inputs), ref)
     weight_only = fresh(family)
-    weight_only.backbone.quantize(
-        "int8", config=Int8QuantizationConfig(activation_quantizer=None)
-    )
+    weight_only.backbone.quantize("int8", config=Int8QuantizationConfig(activation_quantizer=None))
     default = fresh(family)
     default.backbone.quantize("int8")
     assert ours_mse <= 1.02 * mse(logits(weight_only, inputs), ref)
@@ -116,18 +110,14 @@ def _minmax_int4_error(w, group_size=128):
     lo, hi = np.minimum(p.min(-1), 0), np.maximum(p.max(-1), 0)
     s = np.where(hi > lo, (hi - lo) / 15, 1)
     z = np.round(-lo / s)
-    d = (np.clip(np.round(p / s[..., None]) + z[..., None], 0, 15) - z[..., None]) * s[
-        ..., None
-    ]
+    d = (np.clip(np.round(p / s[..., None]) + z[..., None], 0, 15) - z[..., None]) * s[..., None]
     return float(np.sum((d.reshape(n, -1)[:, :k] - w) ** 2))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_int4_every_matrix_closer_than_min_max(family, fresh):
     lm = fresh(family)
-    plan = hubquant.plan_for(
-        lm, parse_config("default: {mode: int4, group_size: 128}", "g128")
-    )
+    plan = hubquant.plan_for(lm, parse_config("default: {mode: int4, group_size: 128}", "g128"))
     floats = _float_matrices(lm, plan)
     hubquant.apply_plan(lm, plan)
     for e in plan.quantized:
@@ -164,18 +154,14 @@ def test_every_layer_ends_as_the_plan_says(family, fresh):
         assert codes.dtype == "int8" and scale.dtype == "float32"
         assert tuple(codes.shape) == ((n, k) if e.mode == "int8" else (n, -(-k // 2)))
         assert not codes.trainable and not scale.trainable
-        float_shapes = {
-            tuple(v.shape) for v in layer.weights if "float" in str(v.dtype)
-        }
+        float_shapes = {tuple(v.shape) for v in layer.weights if "float" in str(v.dtype)}
         assert e.kernel_shape not in float_shapes, f"float copy left in {e.path}"
 
 
 def test_bfloat16_model_computes_in_bfloat16(float_presets, inputs):
     import keras_hub
 
-    lm = keras_hub.models.CausalLM.from_preset(
-        str(float_presets["gemma"]), dtype="bfloat16"
-    )
+    lm = keras_hub.models.CausalLM.from_preset(str(float_presets["gemma"]), dtype="bfloat16")
     plan = hubquant.quantize(lm, "int4")
     assert {e.source_dtype for e in plan.entries} == {"bfloat16"}
     assert lm.backbone(inputs).dtype == "bfloat16"
@@ -194,20 +180,14 @@ rules:
     with pytest.raises(ConfigError) as e:
         hubquant.plan_for(fresh("gemma"), parse_config(text, "tied.yaml"))
     msg = str(e.value)
-    assert (
-        "rule 1" in msg and "rule 2" in msg and "'embed'" in msg and "'lm_head'" in msg
-    )
+    assert "rule 1" in msg and "rule 2" in msg and "'embed'" in msg and "'lm_head'" in msg
 
 
 def test_recipe_that_does_not_fit_fails_before_any_change(fresh, inputs):
     lm = fresh("gemma")
     before = logits(lm, inputs)
-    text = shipped_recipes()["gemma"].text.replace(
-        "attention.key_dense", "attention.kee"
-    )
-    with pytest.raises(
-        RecipeError, match="role 'attn.k': path 'attention.kee' not found"
-    ):
+    text = shipped_recipes()["gemma"].text.replace("attention.key_dense", "attention.kee")
+    with pytest.raises(RecipeError, match="role 'attn.k': path 'attention.kee' not found"):
         hubquant.quantize(lm, "int4", recipe=parse_recipe(text, "bad.yaml"))
     assert np.array_equal(logits(lm, inputs), before)
     assert type(lm).__module__.startswith("keras_hub")
@@ -226,13 +206,8 @@ def test_untouched_roles_stay_float(family, fresh, inputs):
     lm = fresh(family)
     plan = hubquant.quantize(
         lm,
-        parse_config(
-            "rules:\n  - match: {role: 'mlp.*'}\n    mode: int4\n", "mlp.yaml"
-        ),
+        parse_config("rules:\n  - match: {role: 'mlp.*'}\n    mode: int4\n", "mlp.yaml"),
     )
     assert {e.role for e in plan.quantized} == {"mlp.gate", "mlp.up", "mlp.down"}
     emb = lm.backbone.token_embedding
-    assert (
-        isinstance(emb, keras.layers.ReversibleEmbedding)
-        and emb.quantization_mode is None
-    )
+    assert isinstance(emb, keras.layers.ReversibleEmbedding) and emb.quantization_mode is None

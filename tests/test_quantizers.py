@@ -81,9 +81,9 @@ def test_clipping_search_never_worse_than_min_max():
     lo, hi = np.minimum(g.min(-1), 0), np.maximum(g.max(-1), 0)
     s = (hi - lo) / 15
     z = np.round(-lo / s)
-    minmax = (
-        np.clip(np.round(g / s[..., None]) + z[..., None], 0, 15) - z[..., None]
-    ) * s[..., None]
+    minmax = (np.clip(np.round(g / s[..., None]) + z[..., None], 0, 15) - z[..., None]) * s[
+        ..., None
+    ]
     ours = Q.dequantize(Q.quantize_int4(w, 128, False), 256, 128).reshape(64, 2, 128)
     err_ours = ((ours - g) ** 2).sum(-1)
     err_minmax = ((minmax - g) ** 2).sum(-1)

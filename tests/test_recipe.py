@@ -147,8 +147,7 @@ def test_get_recipe_by_name_or_path(tmp_path):
     with pytest.raises(RecipeError) as info:
         get_recipe("gemma9")
     assert str(info.value) == (
-        "recipe 'gemma9' not found: not a file and not a shipped recipe "
-        "(shipped: gemma, llama3)"
+        "recipe 'gemma9' not found: not a file and not a shipped recipe (shipped: gemma, llama3)"
     )
 
 

@@ -72,7 +72,11 @@ def test_metadata_records_plan_recipe_and_config(saved):
 
 def test_llama3_tokenizer_without_default_special_tokens_reloads(tmp_path, inputs):
     tokenizer = synthetic.llama3_tokenizer()
-    vocab = {t: i for t, i in tokenizer.get_vocabulary_dict().items() if "header" not in t} if hasattr(tokenizer, "get_vocabulary_dict") else None
+    vocab = (
+        {t: i for t, i in tokenizer.get_vocabulary_dict().items() if "header" not in t}
+        if hasattr(tokenizer, "get_vocabulary_dict")
+        else None
+    )
     vocab = vocab or {t: i for i, t in enumerate(tokenizer.get_vocabulary()) if "header" not in t}
     vocab = {t: i for i, t in enumerate(vocab)}
     bare = keras_hub.models.Llama3Tokenizer(
@@ -90,7 +94,10 @@ def test_bfloat16_round_trip(float_presets, inputs, tmp_path):
     lm = keras_hub.models.CausalLM.from_preset(str(float_presets["llama3"]), dtype="bfloat16")
     hubquant.quantize(lm, "int4")
     api.save(lm, tmp_path / "bf16", formats=("preset", "keras"))
-    for model in (hubquant.load(tmp_path / "bf16"), hubquant.load(tmp_path / "bf16" / "model.keras")):
+    for model in (
+        hubquant.load(tmp_path / "bf16"),
+        hubquant.load(tmp_path / "bf16" / "model.keras"),
+    ):
         out = model(inputs)
         assert out.dtype == "bfloat16"
         assert np.array_equal(np.asarray(out), np.asarray(lm(inputs)))

@@ -19,9 +19,7 @@ from hubquant.errors import OutputError
 def check_target(target: Path, overwrite: bool) -> None:
     """Refuse an output that exists and is not empty, unless told to replace it."""
     if target.exists() and not target.is_dir():
-        raise OutputError(
-            f"output '{target}' exists and is a file; give a folder path."
-        )
+        raise OutputError(f"output '{target}' exists and is a file; give a folder path.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise OutputError(
             f"output '{target}' exists and is not empty; pass --overwrite to replace it."
@@ -35,9 +33,7 @@ def staged_output(target: str | Path, overwrite: bool = False):
     check_target(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(
-            tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent)
-        )
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as e:
         raise OutputError(f"cannot write output '{target}': {_reason(e)}") from None
     try:

@@ -59,9 +59,7 @@ def save_keras(model, folder: Path) -> None:
 def read_metadata(folder: Path) -> dict:
     path = folder / METADATA_FILE
     if not path.is_file():
-        raise ArtefactError(
-            f"'{folder}' is not a hubquant artefact: it has no {METADATA_FILE}."
-        )
+        raise ArtefactError(f"'{folder}' is not a hubquant artefact: it has no {METADATA_FILE}.")
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:

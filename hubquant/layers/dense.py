@@ -30,9 +30,7 @@ class _QuantProjection(QuantizedLayerMixin):
 
     def _quantized_forward(self, inputs, training=None):
         if self.hubquant_specs["kernel"].mode == "int8":
-            codes = self.layout.from_matrix(
-                ops.cast(self.kernel_codes, self.compute_dtype)
-            )
+            codes = self.layout.from_matrix(ops.cast(self.kernel_codes, self.compute_dtype))
             x = self._project(inputs, codes)
             x = x * ops.cast(self.layout.output_scale(self.kernel_scale), x.dtype)
         else:
@@ -48,9 +46,7 @@ class _QuantProjection(QuantizedLayerMixin):
 
     def enable_lora(self, *args, **kwargs):
         if getattr(self, "_is_quantized", False):
-            raise ValueError(
-                f"Layer '{self.path}': LoRA on a hubquant layer is not supported."
-            )
+            raise ValueError(f"Layer '{self.path}': LoRA on a hubquant layer is not supported.")
         return super().enable_lora(*args, **kwargs)
 
     def get_config(self):

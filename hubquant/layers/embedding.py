@@ -55,9 +55,7 @@ class _QuantTable(QuantizedLayerMixin):
         if inputs.dtype not in ("int32", "int64"):
             inputs = ops.cast(inputs, "int32")
         if "embeddings" not in self.hubquant_specs:
-            return ops.cast(
-                ops.take(self._embeddings, inputs, axis=0), self.compute_dtype
-            )
+            return ops.cast(ops.take(self._embeddings, inputs, axis=0), self.compute_dtype)
         flat = ops.reshape(inputs, (-1,))
         rows = self._dequantized("embeddings", self.compute_dtype, rows=flat)
         return ops.reshape(rows, (*ops.shape(inputs), self.output_dim))
@@ -92,9 +90,7 @@ class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
         inputs = ops.cast(inputs, dtype)
         if name not in self.hubquant_specs:
             kernel = (
-                self._embeddings
-                if self.tie_weights
-                else ops.transpose(self.reverse_embeddings)
+                self._embeddings if self.tie_weights else ops.transpose(self.reverse_embeddings)
             )
             logits = ops.matmul(inputs, ops.transpose(ops.cast(kernel, dtype)))
         elif self.hubquant_specs[name].mode == "int8":

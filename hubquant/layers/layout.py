@@ -41,12 +41,8 @@ class KernelLayout:
         reduce_axes = tuple(i for i, c in enumerate(kernel) if c not in output)
         output_axes = tuple(i for i, c in enumerate(kernel) if c in output)
         out_letters = [kernel[i] for i in output_axes]
-        order = sorted(
-            range(len(out_letters)), key=lambda j: output.index(out_letters[j])
-        )
-        scale_shape = tuple(
-            shape[kernel.index(c)] if c in out_letters else 1 for c in output
-        )
+        order = sorted(range(len(out_letters)), key=lambda j: output.index(out_letters[j]))
+        scale_shape = tuple(shape[kernel.index(c)] if c in out_letters else 1 for c in output)
         return cls(tuple(shape), reduce_axes, output_axes, scale_shape, tuple(order))
 
     @property
