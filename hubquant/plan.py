@@ -154,6 +154,8 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
             layer_cls = replacement_for(layer, spec, recipe)
             matrix = _matrix_name(layer, spec)
             options, rule = config.resolve(spec.role, block, len(blocks), layer.path)
+            if options.mode == "int8":  # int8 is always symmetric, one scale per channel
+                options = replace(options, group_size=-1, symmetric=True)
             used_rules.update(
                 r.number
                 for r in config.rules
