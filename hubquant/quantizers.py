@@ -20,9 +20,10 @@ import numpy as np
 
 # Clipping ratios searched per group: 1.0 is plain min/max, so the search can
 # only lower a group's reconstruction error.
-CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.8, 21))
+CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.8, 11))
 _CHUNK_ELEMENTS = 1 << 22
 _REFINE_STEPS = 2
+_MIN_CHUNK_GROUPS = 1024
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,27 @@ def num_groups(k: int, group_size: int) -> int:
 
 def quantize_int8(w: np.ndarray) -> QuantizedMatrix:
     """Symmetric int8, one scale per output row: abs-max, then a least-squares
-    scale for the rounded codes (never clipped: outlier weights stay exact)."""
+    scale for the rounded codes (never clipped: outlier weights stay exact).
+
+    Plain NumPy over bounded chunks of rows: a few passes, nothing to compile.
+    """
     w = np.asarray(w, np.float32)
-    fn = functools.partial(_grid_chunk, symmetric=True, bits=8, ratios=(1.0,))
-    codes, scale, _ = _map_rows(fn, w[:, None, :])
-    return QuantizedMatrix(codes[:, 0, :], scale[:, 0], None)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, w.shape[1]))
+    parts = [_int8_rows(w[i : i + rows]) for i in range(0, w.shape[0], rows)]
+    codes, scale = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return QuantizedMatrix(codes, scale, None)
+
+
+def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    absmax = np.abs(w).max(axis=1)
+    scale = np.where(absmax > 0, absmax / np.float32(127), np.float32(1))
+    q = np.clip(np.round(w / scale[:, None]), -127, 127)
+    denom = np.einsum("ij,ij->i", q, q)
+    ls = np.einsum("ij,ij->i", w, q) / np.where(denom > 0, denom, 1)
+    ls = np.where(denom > 0, ls, scale).astype(np.float32)
+    old = np.square(q * scale[:, None] - w).sum(axis=1)
+    new = np.square(q * ls[:, None] - w).sum(axis=1)
+    return q.astype(np.int8), np.where(new < old, ls, scale).astype(np.float32)
 
 
 def quantize_int4(w: np.ndarray, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
@@ -96,14 +113,24 @@ def dequantize(matrix: QuantizedMatrix, k: int, group_size: int | None = None) -
 
 
 def _map_rows(fn, x: np.ndarray):
-    """Apply a compiled per-row function to bounded chunks of rows."""
-    row_elements = max(1, int(np.prod(x.shape[1:])))
-    rows = max(1, _CHUNK_ELEMENTS // row_elements)
-    parts = [fn(jnp.asarray(x[i : i + rows])) for i in range(0, x.shape[0], rows)]
-    return tuple(
-        None if p[0] is None else np.concatenate([np.asarray(c) for c in p])
-        for p in zip(*parts, strict=True)
-    )
+    """Apply a compiled per-group function to ``x`` ``[rows, G, gs]``.
+
+    Groups are independent, so they are flattened and processed in chunks of
+    one fixed size (the last one zero-padded): one compilation per group size.
+    """
+    rows, g, gs = x.shape
+    flat = x.reshape(rows * g, 1, gs)
+    # Chunk sizes are powers of two, so few distinct shapes are ever compiled.
+    bucket = max(_MIN_CHUNK_GROUPS, 1 << (flat.shape[0] - 1).bit_length())
+    chunk = max(1, min(_CHUNK_ELEMENTS // gs, bucket))
+    parts = []
+    for start in range(0, flat.shape[0], chunk):
+        block = flat[start : start + chunk]
+        if block.shape[0] < chunk:
+            block = np.concatenate([block, np.zeros((chunk - block.shape[0], 1, gs), block.dtype)])
+        parts.append([np.asarray(p) for p in fn(jnp.asarray(block))])
+    codes, scale, zero = (np.concatenate(p)[: rows * g] for p in zip(*parts, strict=True))
+    return codes.reshape(rows, g, gs), scale.reshape(rows, g), zero.reshape(rows, g)
 
 
 @functools.partial(jax.jit, static_argnames=("symmetric", "bits", "ratios"))
