@@ -17,7 +17,7 @@ import keras
 import keras_hub
 from keras.quantizers import Int4QuantizationConfig, Int8QuantizationConfig
 
-import hubquant
+import hubquant  # first: it quiets TensorFlow's start-up chatter
 from hubquant.synthetic import make_trained_like
 
 
@@ -53,7 +53,10 @@ def main() -> None:
     args = parser.parse_args()
 
     params = build(args).count_params()
-    print(f"Llama-3-shaped backbone: {params / 1e6:.1f}M parameters, {args.layers} blocks")
+    print(
+        f"Llama-3-shaped backbone: {params / 1e6:.1f}M parameters, {args.layers} blocks, "
+        f"Keras backend {keras.config.backend()}"
+    )
     cases = [
         ("int8", "int8", "int8", None),
         (

@@ -55,9 +55,9 @@ class KernelLayout:
 
     def to_matrix(self, kernel) -> np.ndarray:
         """Float32 ``[N, K]`` from a kernel in Keras layout."""
-        kernel = ops.convert_to_numpy(kernel).astype(np.float32)
         perm = self.output_axes + self.reduce_axes
-        return np.transpose(kernel, perm).reshape(self.n, self.k)
+        kernel = np.transpose(ops.convert_to_numpy(kernel), perm)
+        return np.ascontiguousarray(kernel, dtype=np.float32).reshape(self.n, self.k)
 
     def from_matrix(self, matrix):
         """Kernel in Keras layout from an ``[N, K]`` tensor (backend ops)."""
