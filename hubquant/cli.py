@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     apply.add_argument("--quiet", action="store_true", help="print only errors")
 
+    presets = sub.add_parser("presets", help="list KerasHub presets hubquant has a recipe for")
+    presets.add_argument("filter", nargs="?", default="", help="only names containing this")
+
     for kind in ("recipes", "configs"):
         group = sub.add_parser(kind, help=f"list or show shipped {kind}")
         verbs = group.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -100,6 +103,8 @@ def _dispatch(args) -> int:
             overwrite=args.overwrite,
             quiet=args.quiet,
         )
+    if args.command == "presets":
+        return commands.list_presets(args.filter)
     if args.verb == "list":
         return commands.list_shipped(args.command)
     return commands.show_shipped(args.command, args.name)

@@ -37,7 +37,13 @@ def apply(
     recipe_obj = get_recipe(recipe) if recipe else None
     if preset is None:
         preset = DEFAULT_PRESET
-    if preset == DEFAULT_PRESET:
+    if preset != DEFAULT_PRESET:
+        from hubquant.presets import resolve_preset
+
+        preset, note = resolve_preset(preset)
+        if note:
+            say(note)
+    else:
         say(
             f"using the built-in preset '{DEFAULT_PRESET}': synthetic random weights; it shows the pipeline, not a useful model"
         )
@@ -81,6 +87,25 @@ def _formats(text: str) -> tuple[str, ...]:
     formats = tuple(f.strip() for f in text.split(",") if f.strip()) or ("preset",)
     writers(formats)  # unknown names fail before any work
     return formats
+
+
+def list_presets(filter_text: str = "") -> int:
+    """KerasHub presets that a shipped recipe serves, with parameter counts."""
+    from hubquant.presets import supported_presets
+
+    rows = supported_presets(filter_text)
+    for preset, recipe, params in rows:
+        size = (
+            ""
+            if params is None
+            else f"{params / 1e9:.2f}B params"
+            if params >= 1e9
+            else f"{params / 1e6:.0f}M params"
+        )
+        print(f"{preset:40s} {recipe:10s} {size}")
+    if not rows:
+        print(f"no KerasHub preset with a recipe matches '{filter_text}'")
+    return 0
 
 
 def list_shipped(kind: str) -> int:

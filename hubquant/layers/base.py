@@ -80,8 +80,7 @@ class QuantizedLayerMixin:
                 attr, to_matrix = self._float_matrices()[name]
                 matrix = values.get(name) or _quantize(to_matrix(), spec)
                 self._drop_variable(attr)
-                self._build_matrix(name, spec)
-                self._assign_matrix(name, matrix)
+                self._build_matrix(name, spec, matrix)
             self._is_quantized = True
         finally:
             self._tracker.lock()
@@ -104,22 +103,25 @@ class QuantizedLayerMixin:
         self.quantized_build(shape, "int4", config)
 
     # -- variables ----------------------------------------------------------
-    def _build_matrix(self, name: str, spec: MatrixSpec) -> None:
+    def _build_matrix(
+        self, name: str, spec: MatrixSpec, matrix: quantizers.QuantizedMatrix | None = None
+    ) -> None:
+        """Create a matrix's variables, holding ``matrix`` (or zeros until loaded)."""
+        values = (
+            {}
+            if matrix is None
+            else {"codes": matrix.codes, "scale": matrix.scale, "zero": matrix.zero}
+        )
         for suffix, (shape, dtype) in spec.variable_shapes().items():
+            value = values.get(suffix)
             var = self.add_weight(
                 name=f"{name}_{suffix}",
                 shape=shape,
                 dtype=dtype,
-                initializer="zeros",
+                initializer="zeros" if value is None else _Given(value),
                 trainable=False,
             )
             setattr(self, f"{name}_{suffix}", var)
-
-    def _assign_matrix(self, name: str, matrix: quantizers.QuantizedMatrix) -> None:
-        getattr(self, f"{name}_codes").assign(matrix.codes)
-        getattr(self, f"{name}_scale").assign(matrix.scale)
-        if matrix.zero is not None:
-            getattr(self, f"{name}_zero").assign(matrix.zero)
 
     def _drop_variable(self, attr: str) -> None:
         """Forget a variable without Keras' per-call garbage collection."""
@@ -212,3 +214,13 @@ def _quantize(matrix: np.ndarray, spec: MatrixSpec) -> quantizers.QuantizedMatri
     if spec.mode == "int8":
         return quantizers.quantize_int8(matrix)
     return quantizers.quantize_int4(matrix, spec.group_size, spec.symmetric)
+
+
+class _Given:
+    """An initializer that hands over values already computed."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, shape, dtype=None):
+        return self.value
