@@ -18,17 +18,36 @@ def load_source(preset: str):
     _check_local(preset)
     import keras_hub
 
+    kwargs = {"dtype": dtype} if (dtype := saved_dtype(preset)) else {}
     try:
-        return keras_hub.models.CausalLM.from_preset(preset)
+        return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
     except ValueError as e:
         if "Unable to find a subclass" not in str(e):
             raise PresetError(_first_line(preset, e)) from None
     except Exception as e:  # downloads, unreadable files: one clear line
         raise PresetError(_first_line(preset, e)) from None
     try:
-        return keras_hub.models.Backbone.from_preset(preset)
+        return keras_hub.models.Backbone.from_preset(preset, **kwargs)
     except Exception as e:
         raise PresetError(_first_line(preset, e)) from None
+
+
+def saved_dtype(preset: str) -> str | None:
+    """The float dtype a preset was saved in, so a bf16 preset stays bf16.
+
+    KerasHub would otherwise load it in the global default (float32): twice
+    the memory, and a quantized model that computes in float32.
+    """
+    from keras_hub.src.utils.preset_utils import load_json
+
+    try:
+        config = load_json(preset, "config.json")
+    except Exception:
+        return None  # from_preset reports the real problem
+    dtype = config.get("config", {}).get("dtype") or config.get("torch_dtype")
+    if isinstance(dtype, dict):
+        dtype = dtype.get("config", {}).get("name")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else None
 
 
 def _check_local(preset: str) -> None:

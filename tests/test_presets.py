@@ -19,12 +19,17 @@ def test_unique_prefix_expands_and_says_so():
 
 
 def test_ambiguous_prefix_lists_candidates():
-    with pytest.raises(PresetError, match="preset 'llama3_8b' is ambiguous: did you mean one of llama3_8b_en, llama3_8b_en_int8"):
+    with pytest.raises(
+        PresetError,
+        match="preset 'llama3_8b' is ambiguous: did you mean one of llama3_8b_en, llama3_8b_en_int8",
+    ):
         resolve_preset("llama3_8b")
 
 
 def test_unknown_name_suggests_close_ones():
-    with pytest.raises(PresetError, match="unknown preset 'lama3_8b_en'.*Did you mean llama3_8b_en"):
+    with pytest.raises(
+        PresetError, match="unknown preset 'lama3_8b_en'.*Did you mean llama3_8b_en"
+    ):
         resolve_preset("lama3_8b_en")
 
 
@@ -47,7 +52,9 @@ def test_presets_listing_is_filtered_to_served_families(capsys):
 
 
 def test_cli_unknown_preset_is_exit_2(capsys, tmp_path):
-    code = cli.main(["apply", "--preset", "gemma_2b_xx", "--config", "int8", "--output", str(tmp_path / "o")])
+    code = cli.main(
+        ["apply", "--preset", "gemma_2b_xx", "--config", "int8", "--output", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("hubquant: error: unknown preset 'gemma_2b_xx'")
     assert not (tmp_path / "o").exists()

@@ -101,3 +101,23 @@ def test_bfloat16_round_trip(float_presets, inputs, tmp_path):
         out = model(inputs)
         assert out.dtype == "bfloat16"
         assert np.array_equal(np.asarray(out), np.asarray(lm(inputs)))
+
+
+def test_backbone_without_task_round_trips(float_presets, inputs, tmp_path):
+    backbone = keras_hub.models.Backbone.from_preset(str(float_presets["gemma"]))
+    hubquant.quantize(backbone, "int4")
+    before = np.asarray(backbone(inputs))
+    api.save(backbone, tmp_path / "bb")
+    assert not (tmp_path / "bb" / "task.json").exists()
+    again = hubquant.load(tmp_path / "bb")
+    assert isinstance(again, keras_hub.models.GemmaBackbone)
+    assert np.array_equal(np.asarray(again(inputs)), before)
+
+
+def test_source_preset_keeps_its_saved_dtype(float_presets, tmp_path):
+    from hubquant.source import load_source, saved_dtype
+
+    lm = keras_hub.models.CausalLM.from_preset(str(float_presets["llama3"]), dtype="bfloat16")
+    lm.save_to_preset(str(tmp_path / "bf16"))
+    assert saved_dtype(str(tmp_path / "bf16")) == "bfloat16"
+    assert load_source(str(tmp_path / "bf16")).backbone.dtype_policy.name == "bfloat16"
