@@ -75,7 +75,7 @@ def save(
 
 
 def load(path: str | Path):
-    """The quantized task model (or backbone) from a folder or a ``.keras`` file."""
+    """The quantized task model (or backbone) from a folder, ``.keras`` or ``.safetensors``."""
     import keras
 
     from hubquant.errors import ArtefactError
@@ -89,9 +89,15 @@ def load(path: str | Path):
             raise ArtefactError(
                 f"'{path}' cannot be loaded: {type(e).__name__}: {_line(e)}"
             ) from None
+    if path.is_file() and path.suffix == ".safetensors":
+        from hubquant.io.safetensors_format import load_safetensors
+
+        return load_safetensors(path)
     if path.is_dir():
         return load_folder(path)
-    raise ArtefactError(f"'{path}' not found: expected a hubquant folder or a .keras file.")
+    raise ArtefactError(
+        f"'{path}' not found: expected a hubquant folder, a .keras or a .safetensors file."
+    )
 
 
 def _line(e: Exception) -> str:

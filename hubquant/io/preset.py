@@ -13,14 +13,15 @@ from hubquant.plan import FORMAT_VERSION, Plan
 
 METADATA_FILE = "hubquant.json"
 KERAS_FILE = "model.keras"
-FORMATS = ("preset", "keras")
+FORMATS = ("preset", "keras", "safetensors")
 
 
 def writers(formats) -> list:
     """The writer for each requested format, in order; unknown ones are an error."""
     from hubquant.errors import HubquantError
+    from hubquant.io.safetensors_format import save_safetensors
 
-    table = {"preset": save_preset, "keras": save_keras}
+    table = {"preset": save_preset, "keras": save_keras, "safetensors": save_safetensors}
     for fmt in formats:
         if fmt not in table:
             raise HubquantError(
@@ -86,6 +87,10 @@ def load_folder(folder: Path):
         return cls.from_preset(str(folder))
     if (folder / "config.json").is_file():
         return Backbone.from_preset(str(folder))
+    from hubquant.io.safetensors_format import is_safetensors_folder, load_safetensors
+
+    if is_safetensors_folder(folder):
+        return load_safetensors(folder)
     if (folder / KERAS_FILE).is_file():
         return keras.saving.load_model(str(folder / KERAS_FILE))
     raise ArtefactError(

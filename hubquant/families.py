@@ -1,0 +1,152 @@
+"""Tiny trained-like backbones for the KerasHub families beyond Gemma and Llama.
+
+Same idea as :mod:`hubquant.synthetic`: real KerasHub architectures at toy
+sizes, fixed seeds, weights given trained-like structure by
+``synthetic.make_trained_like``. Backbones only (no tokenizers): they exist to
+check that each family's recipe fits and that quantization behaves.
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+import numpy as np
+
+from hubquant.synthetic import make_trained_like
+
+VOCAB = 256
+_DECODER = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=64, intermediate_dim=160)
+_ENCODER = dict(
+    vocabulary_size=VOCAB,
+    num_layers=2,
+    num_heads=4,
+    hidden_dim=64,
+    intermediate_dim=160,
+    dropout=0.0,
+    max_sequence_length=32,
+)
+
+
+def _build(cls, seed: int, **config):
+    keras.utils.set_random_seed(seed)
+    backbone = cls(**config)
+    make_trained_like(backbone, seed)
+    return backbone
+
+
+def gemma3_backbone(seed: int = 0, **dims):
+    """Text-only Gemma 3 (no vision encoder), tied token table."""
+    config = dict(
+        _DECODER,
+        image_size=16,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        use_post_ffw_norm=True,
+        use_post_attention_norm=True,
+        vision_encoder=None,
+    )
+    return _build(keras_hub.models.Gemma3Backbone, seed, **{**config, **dims})
+
+
+def mistral_backbone(seed: int = 0, **dims):
+    config = dict(_DECODER, num_query_heads=4, num_key_value_heads=2, sliding_window=16)
+    return _build(keras_hub.models.MistralBackbone, seed, **{**config, **dims})
+
+
+def qwen_backbone(seed: int = 0, **dims):
+    """Qwen2 with an untied LM head (the 7B-and-up layout)."""
+    config = dict(_DECODER, num_query_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    return _build(keras_hub.models.QwenBackbone, seed, **{**config, **dims})
+
+
+def qwen3_backbone(seed: int = 0, **dims):
+    """Qwen3 with a tied LM head (the small-model layout)."""
+    config = dict(
+        _DECODER, num_query_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True
+    )
+    return _build(keras_hub.models.Qwen3Backbone, seed, **{**config, **dims})
+
+
+def phi3_backbone(seed: int = 0, **dims):
+    config = dict(
+        _DECODER, num_query_heads=4, num_key_value_heads=4, max_sequence_length=64,
+        pretraining_sequence_length=64,
+    )  # fmt: skip
+    return _build(keras_hub.models.Phi3Backbone, seed, **{**config, **dims})
+
+
+def gpt2_backbone(seed: int = 0, **dims):
+    config = dict(_DECODER, num_heads=4, dropout=0.0, max_sequence_length=32)
+    return _build(keras_hub.models.GPT2Backbone, seed, **{**config, **dims})
+
+
+def smollm3_backbone(seed: int = 0, **dims):
+    """SmolLM3 with NoPE on the last layer, as the real model does every 4th."""
+    layers = dims.get("num_layers", _DECODER["num_layers"])
+    config = dict(
+        _DECODER,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=False,
+        attention_dropout=0.0,
+        rope_layer_enabled_list=[True] * (layers - 1) + [False],
+        layer_types=["full_attention"] * layers,
+        mlp_bias=False,
+        layer_norm_epsilon=1e-6,
+        max_position_embeddings=64,
+        rope_theta=10000.0,
+        partial_rotary_factor=1.0,
+    )
+    return _build(keras_hub.models.SmolLM3Backbone, seed, **{**config, **dims})
+
+
+def bert_backbone(seed: int = 0, **dims):
+    return _build(keras_hub.models.BertBackbone, seed, **{**_ENCODER, **dims})
+
+
+def roberta_backbone(seed: int = 0, **dims):
+    return _build(keras_hub.models.RobertaBackbone, seed, **{**_ENCODER, **dims})
+
+
+def xlm_roberta_backbone(seed: int = 0, **dims):
+    return _build(keras_hub.models.XLMRobertaBackbone, seed, **{**_ENCODER, **dims})
+
+
+def distil_bert_backbone(seed: int = 0, **dims):
+    return _build(keras_hub.models.DistilBertBackbone, seed, **{**_ENCODER, **dims})
+
+
+# Recipe name -> builder of a tiny backbone that recipe serves.
+BUILDERS = {
+    "gemma3": gemma3_backbone,
+    "mistral": mistral_backbone,
+    "qwen": qwen_backbone,
+    "qwen3": qwen3_backbone,
+    "phi3": phi3_backbone,
+    "gpt2": gpt2_backbone,
+    "smollm3": smollm3_backbone,
+    "bert": bert_backbone,
+    "roberta": roberta_backbone,
+    "xlm_roberta": xlm_roberta_backbone,
+    "distil_bert": distil_bert_backbone,
+}
+
+
+def sample_inputs(backbone, batch: int = 2, length: int = 12, seed: int = 7) -> dict:
+    """Inputs for ``backbone``: token ids, a padding mask with some padding, and
+    segment ids where the backbone takes them."""
+    rng = np.random.default_rng(seed)
+    vocab = backbone.vocabulary_size
+    mask = np.ones((batch, length), "int32")
+    mask[1, length - 3 :] = 0
+    inputs = {
+        "token_ids": rng.integers(4, vocab, (batch, length)).astype("int32"),
+        "padding_mask": mask,
+    }
+    names = {getattr(t, "name", "").split(":")[0] for t in backbone.inputs}
+    if any("segment_ids" in n for n in names):
+        inputs["segment_ids"] = (np.arange(length) >= length // 2).astype("int32")[None].repeat(
+            batch, 0
+        )
+    return inputs
