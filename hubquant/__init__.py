@@ -13,7 +13,7 @@ with _silenced():
     import keras_hub as _keras_hub  # noqa: F401
 
 from hubquant import models as _models
-from hubquant.api import apply_plan, load, plan_for, quantize, save
+from hubquant.api import apply_plan, export, load, plan_for, quantize, save
 from hubquant.errors import (
     ArtefactError,
     ConfigError,
@@ -37,6 +37,7 @@ __all__ = [
     "PresetError",
     "RecipeError",
     "apply_plan",
+    "export",
     "load",
     "plan_for",
     "quantize",

@@ -103,3 +103,17 @@ def load(path: str | Path):
 def _line(e: Exception) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else ""
+
+
+def export(source: str | Path, output: str | Path, to: str = "hf", overwrite: bool = False) -> Path:
+    """Export a saved hubquant artefact to another ecosystem's format."""
+    from hubquant.errors import HubquantError
+    from hubquant.io.hf_export import export_hf
+    from hubquant.io.output import staged_output
+
+    if to != "hf":
+        raise HubquantError(f"unknown export target '{to}'; accepted: hf. Received: to={to!r}")
+    model = load(source)
+    with staged_output(output, overwrite) as stage:
+        export_hf(model, stage)
+    return Path(output)

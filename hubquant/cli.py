@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--format",
         default="preset",
-        help="comma list of: preset, keras (default: preset)",
+        help="comma list of: preset, keras, safetensors, hf (default: preset)",
     )
     apply.add_argument("--dry-run", action="store_true", help="print the Plan and write nothing")
     apply.add_argument(
@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     apply.add_argument("--quiet", action="store_true", help="print only errors")
+
+    export = sub.add_parser("export", help="export a hubquant artefact (to Hugging Face)")
+    export.add_argument("source", help="a hubquant folder, .keras or .safetensors file")
+    export.add_argument("--to", default="hf", help="target format: hf (compressed-tensors)")
+    export.add_argument("--output", required=True, help="output folder")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty output folder"
+    )
 
     presets = sub.add_parser("presets", help="list KerasHub presets hubquant has a recipe for")
     presets.add_argument("filter", nargs="?", default="", help="only names containing this")
@@ -103,6 +111,8 @@ def _dispatch(args) -> int:
             overwrite=args.overwrite,
             quiet=args.quiet,
         )
+    if args.command == "export":
+        return commands.export(args.source, args.to, args.output, args.overwrite)
     if args.command == "presets":
         return commands.list_presets(args.filter)
     if args.verb == "list":

@@ -89,6 +89,17 @@ def _formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def export(source: str, to: str, output: str, overwrite: bool = False) -> int:
+    """Export a saved artefact, e.g. to a Hugging Face compressed-tensors folder."""
+    from hubquant import api
+    from hubquant.io.output import check_target
+
+    check_target(Path(output).absolute(), overwrite)
+    api.export(source, output, to=to, overwrite=overwrite)
+    print(f"wrote {output} ({to})")
+    return 0
+
+
 def list_presets(filter_text: str = "") -> int:
     """KerasHub presets that a shipped recipe serves, with parameter counts."""
     from hubquant.presets import supported_presets

@@ -144,9 +144,7 @@ def sample_inputs(backbone, batch: int = 2, length: int = 12, seed: int = 7) -> 
         "token_ids": rng.integers(4, vocab, (batch, length)).astype("int32"),
         "padding_mask": mask,
     }
-    names = {getattr(t, "name", "").split(":")[0] for t in backbone.inputs}
-    if any("segment_ids" in n for n in names):
-        inputs["segment_ids"] = (np.arange(length) >= length // 2).astype("int32")[None].repeat(
-            batch, 0
-        )
+    if "segment_ids" in backbone.input:  # a functional backbone's inputs: a dict
+        segments = (np.arange(length) >= length // 2).astype("int32")
+        inputs["segment_ids"] = np.repeat(segments[None], batch, axis=0)
     return inputs

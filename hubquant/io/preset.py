@@ -13,7 +13,8 @@ from hubquant.plan import FORMAT_VERSION, Plan
 
 METADATA_FILE = "hubquant.json"
 KERAS_FILE = "model.keras"
-FORMATS = ("preset", "keras", "safetensors")
+FORMATS = ("preset", "keras", "safetensors", "hf")
+HF_FOLDER = "hf"
 
 
 def writers(formats) -> list:
@@ -21,7 +22,12 @@ def writers(formats) -> list:
     from hubquant.errors import HubquantError
     from hubquant.io.safetensors_format import save_safetensors
 
-    table = {"preset": save_preset, "keras": save_keras, "safetensors": save_safetensors}
+    table = {
+        "preset": save_preset,
+        "keras": save_keras,
+        "safetensors": save_safetensors,
+        "hf": save_hf,
+    }
     for fmt in formats:
         if fmt not in table:
             raise HubquantError(
@@ -55,6 +61,14 @@ def save_preset(model, folder: Path) -> None:
 
 def save_keras(model, folder: Path) -> None:
     model.save(str(folder / KERAS_FILE))
+
+
+def save_hf(model, folder: Path) -> None:
+    """The Hugging Face (compressed-tensors) export, in ``folder/hf``."""
+    from hubquant.io.hf_export import export_hf
+
+    (folder / HF_FOLDER).mkdir()
+    export_hf(model, folder / HF_FOLDER)
 
 
 def read_metadata(folder: Path) -> dict:

@@ -28,6 +28,10 @@ class _QuantProjection(QuantizedLayerMixin):
         w = self._dequantized("kernel", self.compute_dtype)
         return self.layout.from_matrix(w)
 
+    def float_weights(self) -> list:
+        """``weights`` as the float layer had them (kernel dequantized)."""
+        return [self.kernel] + ([] if self.bias is None else [self.bias])
+
     def _quantized_forward(self, inputs, training=None):
         if self.hubquant_specs["kernel"].mode == "int8":
             codes = self.layout.from_matrix(ops.cast(self.kernel_codes, self.compute_dtype))

@@ -51,6 +51,16 @@ class _QuantTable(QuantizedLayerMixin):
             return self._embeddings
         return self._dequantized("embeddings", self.compute_dtype)
 
+    def float_weights(self) -> list:
+        """``weights`` as the float layer had them (tables dequantized)."""
+        out = [self.embeddings]
+        if not getattr(self, "tie_weights", True):
+            if "reverse" in self.hubquant_specs:
+                out.append(ops.transpose(self._dequantized("reverse", self.compute_dtype)))
+            else:
+                out.append(self.reverse_embeddings)
+        return out
+
     def _lookup(self, inputs):
         if inputs.dtype not in ("int32", "int64"):
             inputs = ops.cast(inputs, "int32")

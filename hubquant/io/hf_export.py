@@ -1,0 +1,211 @@
+"""Export for Hugging Face transformers, in the compressed-tensors format.
+
+The folder holds ``config.json`` in the family's Hugging Face layout (from
+KerasHub's own exporter) with a ``quantization_config`` of ``quant_method:
+compressed-tensors``, ``format: pack-quantized``; tokenizer files; and
+``model.safetensors``. Each quantized Linear ``<m>`` is written as
+``<m>.weight_packed`` (int32, codes offset by 2^(bits-1), packed least
+significant bits first along the input axis), ``<m>.weight_scale``
+(multipliers, the model's dtype), ``<m>.weight_shape`` (int64 ``[out, in]``)
+and, when asymmetric, ``<m>.weight_zero_point`` (packed along the output axis).
+hubquant's ``[N, K]`` codes already are Hugging Face's ``[out, in]``.
+
+A quantized token table is written dequantized (transformers' embeddings stay
+float); a tied LM head follows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras_hub.models import Task
+
+from hubquant.errors import HubquantError
+from hubquant.plan import PlanEntry
+from hubquant.quantizers import unpack_int4
+
+_EXPORTERS = "keras_hub.src.utils.transformers.export.hf_exporter"
+
+
+def export_hf(model, folder: Path) -> None:
+    """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads."""
+    import importlib
+
+    from safetensors.numpy import save_file
+
+    exporter = importlib.import_module(_EXPORTERS)
+    backbone = model.backbone if isinstance(model, Task) else model
+    family = type(backbone)._hubquant_base.__name__
+    if family not in exporter.MODEL_CONFIGS:
+        supported = ", ".join(sorted(exporter.MODEL_CONFIGS))
+        raise HubquantError(
+            f"no Hugging Face export mapping for {family}; families with one: {supported}."
+        )
+    plan = backbone.hubquant_plan
+    linears = [e for e in plan.quantized if _is_linear(e)]
+    for entry in linears:
+        _check_exportable(entry)
+    config = exporter.MODEL_CONFIGS[family](backbone)
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    config["quantization_config"] = quantization_config(plan, linears)
+    config["torch_dtype"] = plan.dtype.replace("mixed_", "")
+    # A quantized untied LM head has no float variable left: it is added below.
+    float_head = isinstance(model, Task) and all(e.matrix != "reverse" for e in linears)
+    with _float_views(backbone, plan):
+        weights = exporter.MODEL_EXPORTERS[family](backbone, include_lm_head=float_head)
+        tensors = {name: _numpy(value) for name, value in weights.items()}
+    for entry in linears:
+        tensors.pop(f"{entry.hf}.weight", None)
+        tensors.update(_packed_tensors(backbone, entry, _dtype_of(tensors)))
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    save_file(
+        dict(sorted(tensors.items())), str(folder / "model.safetensors"), metadata={"format": "pt"}
+    )
+    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+    if tokenizer is not None:
+        exporter.export_tokenizer(tokenizer, str(folder))
+
+
+@contextlib.contextmanager
+def _float_views(backbone, plan):
+    """Let KerasHub's float exporter read quantized layers (dequantized).
+
+    Its weight maps read ``layer.weights[0]`` or ``layer.kernel``; for the
+    duration of the export each quantized layer shows its float matrices
+    there. The packed tensors then replace the projections' float weights.
+    """
+    from hubquant.surgery import layer_at
+
+    layers = [layer_at(backbone, attr) for attr in plan.layers()]
+    originals = [type(layer) for layer in layers]
+    try:
+        for layer, cls in zip(layers, originals, strict=True):
+            layer.__class__ = _view_class(cls)
+        yield
+    finally:
+        for layer, cls in zip(layers, originals, strict=True):
+            layer.__class__ = cls
+
+
+@functools.cache
+def _view_class(cls: type) -> type:
+    return type(cls.__name__, (cls,), {"weights": property(lambda self: self.float_weights())})
+
+
+def quantization_config(plan, linears: list[PlanEntry]) -> dict:
+    """compressed-tensors' ``quantization_config``: one group per scheme."""
+    groups: dict[tuple, list[str]] = {}
+    for entry in linears:
+        groups.setdefault(_scheme_key(entry), []).append(entry.hf)
+    config_groups = {
+        f"group_{i}": {
+            "targets": sorted(targets),
+            "weights": _weights_args(*key),
+            "input_activations": None,
+            "output_activations": None,
+            "format": "pack-quantized",
+        }
+        for i, (key, targets) in enumerate(sorted(groups.items()))
+    }
+    quantized = {e.hf for e in linears}
+    ignore = sorted({e.hf for e in plan.entries if _is_linear(e) and e.hf not in quantized})
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "config_groups": config_groups,
+        "ignore": ignore,
+        "kv_cache_scheme": None,
+        "sparsity_config": {},
+    }
+
+
+def _is_linear(entry: PlanEntry) -> bool:
+    """Projections and an untied LM head export as packed Linears."""
+    return entry.hf is not None and (entry.matrix in ("kernel", "reverse"))
+
+
+def _check_exportable(entry: PlanEntry) -> None:
+    k = entry.shape[1]
+    if entry.mode == "int4" and _group(entry) != -1 and k % entry.group_size:
+        raise HubquantError(
+            f"layer '{entry.path}' ({entry.role}): compressed-tensors needs the input size "
+            f"{k} to be a multiple of group_size {entry.group_size}; quantize it with a "
+            "group size that divides it (or per channel) to export it."
+        )
+
+
+def _scheme_key(entry: PlanEntry) -> tuple:
+    return (4 if entry.mode == "int4" else 8), entry.symmetric, _group(entry)
+
+
+def _group(entry: PlanEntry) -> int:
+    """The group size as compressed-tensors sees it: -1 (per channel) for one group."""
+    one_group = entry.mode != "int4" or entry.group_size == -1 or entry.group_size >= entry.shape[1]
+    return -1 if one_group else entry.group_size
+
+
+def _weights_args(bits: int, symmetric: bool, group: int) -> dict:
+    return {
+        "num_bits": bits,
+        "type": "int",
+        "symmetric": symmetric,
+        "strategy": "channel" if group == -1 else "group",
+        "group_size": None if group == -1 else group,
+        "dynamic": False,
+        "actorder": None,
+        "observer": "minmax",
+        "observer_kwargs": {},
+        "block_structure": None,
+    }
+
+
+def _packed_tensors(backbone, entry: PlanEntry, dtype) -> dict[str, np.ndarray]:
+    from hubquant.surgery import layer_at
+
+    layer = layer_at(backbone, entry.attr)
+    n, k = entry.shape
+    codes = keras.ops.convert_to_numpy(getattr(layer, f"{entry.matrix}_codes"))
+    scale = keras.ops.convert_to_numpy(getattr(layer, f"{entry.matrix}_scale"))
+    bits = 4 if entry.mode == "int4" else 8
+    if bits == 4:
+        codes = unpack_int4(codes, k)
+    scale = scale.reshape(n, -1).astype(dtype)
+    out = {
+        f"{entry.hf}.weight_packed": pack_int32(codes, bits, axis=1),
+        f"{entry.hf}.weight_scale": scale,
+        f"{entry.hf}.weight_shape": np.array([n, k], np.int64),
+    }
+    if not entry.symmetric and entry.mode == "int4":
+        zero = keras.ops.convert_to_numpy(getattr(layer, f"{entry.matrix}_zero"))
+        out[f"{entry.hf}.weight_zero_point"] = pack_int32(zero, bits, axis=0)
+    return out
+
+
+def pack_int32(values: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """Signed ``bits``-bit values, offset to unsigned, packed LSB first into int32."""
+    per_word = 32 // bits
+    v = (values.astype(np.int32) + (1 << (bits - 1))).astype(np.uint32)
+    v = np.moveaxis(v, axis, -1)
+    pad = -v.shape[-1] % per_word
+    v = np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, pad)])
+    v = v.reshape(*v.shape[:-1], -1, per_word)
+    shifts = (np.arange(per_word, dtype=np.uint32) * bits).astype(np.uint32)
+    words = np.bitwise_or.reduce(v << shifts, axis=-1)
+    return np.moveaxis(words.view(np.int32), -1, axis)
+
+
+def _numpy(value) -> np.ndarray:
+    return np.ascontiguousarray(keras.ops.convert_to_numpy(value))
+
+
+def _dtype_of(tensors: dict) -> np.dtype:
+    floats = [
+        t.dtype for t in tensors.values() if t.dtype.kind == "f" or "bfloat16" in str(t.dtype)
+    ]
+    return floats[0] if floats else np.dtype(np.float32)

@@ -1,0 +1,148 @@
+"""Every recipe beyond Gemma and Llama on a tiny trained-like backbone of its family.
+
+Each backbone is built once per session (``float_models``); tests get fresh
+float copies rebuilt from its config and weights, so in-place quantization in
+one test does not leak into another.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras.quantizers import Int4QuantizationConfig
+
+import hubquant
+from hubquant import families, surgery
+from hubquant.recipe import shipped_recipes
+
+FAMILIES = list(families.BUILDERS)
+
+# The relative output MSE hubquant's int8 config must stay under.
+INT8_RELATIVE_MSE = 0.05
+
+# SmolLM3's attention builds o_proj inside __init__, before the block is
+# tracked, so every block's o_proj has the same Keras path "o_proj". The Plan
+# merges entries that share (path, matrix) as if they were one tied table
+# (hubquant/plan.py, _merge_shared), so only block 0's o_proj gets an entry:
+# the other blocks' o_proj stay float. Needs the core fix described in the
+# report; strict, so the fix shows up as XPASS.
+SHARED_PATH = pytest.mark.xfail(
+    strict=True,
+    reason="SmolLM3 o_proj layers share the path 'o_proj'; plan._merge_shared "
+    "keys on (path, matrix) and keeps one of them",
+)
+
+
+def _marked(mark, names):
+    return [pytest.param(f, marks=mark) if f in names else f for f in FAMILIES]
+
+
+@pytest.fixture(scope="session")
+def float_models():
+    """Each family's tiny backbone, built once: (class, config, weights)."""
+    out = {}
+    for name, build in families.BUILDERS.items():
+        backbone = build(seed=0)
+        out[name] = (type(backbone), backbone.get_config(), backbone.get_weights())
+    return out
+
+
+@pytest.fixture
+def fresh(float_models):
+    def make(family):
+        cls, config, weights = float_models[family]
+        backbone = cls.from_config(config)
+        backbone.set_weights(weights)
+        return backbone
+
+    return make
+
+
+def outputs(backbone, inputs) -> list[np.ndarray]:
+    return [np.asarray(x, np.float32) for x in keras.tree.flatten(backbone(inputs))]
+
+
+def relative_mse(got, ref) -> float:
+    num = sum(float(np.sum((g - r) ** 2)) for g, r in zip(got, ref, strict=True))
+    return num / sum(float(np.sum(r**2)) for r in ref)
+
+
+def assert_bitwise(got, ref):
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref, strict=True):
+        assert np.array_equal(g, r)
+
+
+def test_every_builder_has_a_shipped_recipe_and_no_backbone_is_claimed_twice():
+    recipes = shipped_recipes()  # load_recipes refuses a backbone served twice
+    assert set(FAMILIES) <= set(recipes)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plan_resolves_with_the_family_recipe(family, fresh):
+    backbone = fresh(family)
+    plan = hubquant.plan_for(backbone, "int4")
+    assert plan.recipe == family
+    assert plan.backbone == type(backbone).__name__
+    assert plan.quantized == plan.entries  # int4 config: nothing left "none"
+
+
+@pytest.mark.parametrize("family", _marked(SHARED_PATH, {"smollm3"}))
+def test_every_block_role_has_one_entry_per_block(family, fresh):
+    backbone = fresh(family)
+    plan = hubquant.plan_for(backbone, "int4")
+    recipe = shipped_recipes()[family]
+    blocks = len(getattr(backbone, recipe.blocks))
+    for spec in recipe.roles:
+        if spec.scope == "block":
+            got = sorted(e.block for e in plan.entries if spec.role in e.role.split("+"))
+            assert got == list(range(blocks)), spec.role
+    layers = [surgery.layer_at(backbone, e.attr) for e in plan.entries]
+    assert len({id(layer) for layer in layers}) == len(layers)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_surgery_is_exact(family, fresh):
+    backbone = fresh(family)
+    inputs = families.sample_inputs(backbone)
+    before = outputs(backbone, inputs)
+    plan = hubquant.plan_for(backbone, "int4")
+    surgery.swap_layers(backbone, plan)
+    assert_bitwise(outputs(backbone, inputs), before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int8_is_close_to_float(family, fresh):
+    backbone = fresh(family)
+    inputs = families.sample_inputs(backbone)
+    ref = outputs(backbone, inputs)
+    hubquant.apply_plan(backbone, hubquant.plan_for(backbone, "int8"))
+    err = relative_mse(outputs(backbone, inputs), ref)
+    assert err < INT8_RELATIVE_MSE, f"relative MSE {err:.4f}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_int4_at_least_as_close_as_keras_int4_block_128(family, fresh):
+    ref_model = fresh(family)
+    inputs = families.sample_inputs(ref_model)
+    ref = outputs(ref_model, inputs)
+    ours = fresh(family)
+    hubquant.apply_plan(ours, hubquant.plan_for(ours, "int4"))  # configs/int4.yaml
+    theirs = fresh(family)
+    theirs.quantize("int4", config=Int4QuantizationConfig(block_size=128))
+    ours_err = relative_mse(outputs(ours, inputs), ref)
+    theirs_err = relative_mse(outputs(theirs, inputs), ref)
+    assert ours_err <= theirs_err, f"hubquant/keras MSE ratio {ours_err / theirs_err:.3f}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_and_load_round_trip_bitwise(family, fresh, tmp_path):
+    backbone = fresh(family)
+    inputs = families.sample_inputs(backbone)
+    hubquant.quantize(backbone, "int4")
+    quantized = outputs(backbone, inputs)
+    hubquant.save(backbone, tmp_path / "x", formats=("preset", "keras"))
+    from_folder = hubquant.load(tmp_path / "x")
+    from_keras = hubquant.load(tmp_path / "x" / "model.keras")
+    assert type(from_folder).__name__ == type(backbone).__name__
+    assert_bitwise(outputs(from_folder, inputs), quantized)
+    assert_bitwise(outputs(from_keras, inputs), quantized)

@@ -1,0 +1,98 @@
+"""Export to Hugging Face transformers in compressed-tensors format, checked by loading it."""
+
+import json
+
+import keras_hub
+import numpy as np
+import pytest
+from conftest import logits
+
+import hubquant
+from hubquant import cli
+from hubquant.config import parse_config
+from hubquant.errors import HubquantError
+from hubquant.io.hf_export import export_hf, pack_int32
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+ct_helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
+
+
+def symmetric_int4(group_size):
+    return parse_config(
+        f"default: {{mode: int4, group_size: {group_size}, symmetric: true}}\n"
+        "rules:\n  - match: {role: 'embed*'}\n    mode: int8\n"
+        "  - match: {role: lm_head}\n    mode: int8\n",
+        f"sym-g{group_size}",
+    )
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_packing_matches_compressed_tensors(bits, axis):
+    rng = np.random.default_rng(bits + axis)
+    values = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (13, 37)).astype(np.int8)
+    theirs = ct_helpers.pack_to_int32(torch.from_numpy(values), bits, packed_dim=axis).numpy()
+    np.testing.assert_array_equal(pack_int32(values, bits, axis), theirs)
+
+
+def hf_logits(folder, token_ids):
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor(token_ids, dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.parametrize(
+    "family,config",
+    [("gemma", symmetric_int4(32)), ("llama3", "int8")],
+    ids=["gemma-int4", "llama3-int8"],
+)
+def test_transformers_loads_the_export_and_agrees(family, config, fresh, inputs, tmp_path):
+    lm = fresh(family)
+    plan = hubquant.quantize(lm, config)
+    hubquant.save(lm, tmp_path / "out", formats=("hf",))
+    folder = tmp_path / "out" / "hf"
+    ours = logits(lm, inputs)
+    np.testing.assert_allclose(hf_logits(folder, inputs["token_ids"]), ours, atol=1e-4, rtol=0)
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    targets = {t for g in qc["config_groups"].values() for t in g["targets"]}
+    assert targets == {e.hf for e in plan.quantized if e.matrix != "embeddings"}
+    assert "model.layers.0.self_attn.q_proj" in targets
+
+
+def test_non_dividing_group_size_is_refused_with_the_layer_named(fresh, tmp_path):
+    lm = fresh("llama3")  # hidden 80, intermediate 200
+    hubquant.quantize(lm, symmetric_int4(64))
+    with pytest.raises(
+        HubquantError,
+        match="layer 'transformer_layer_0/self_attention/query' .* multiple of group_size 64",
+    ):
+        export_hf(lm, tmp_path)
+
+
+def test_family_without_mapping_is_named(tmp_path):
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=64,
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=32,
+        intermediate_dim=64,
+    )
+    hubquant.quantize(backbone, "int8")
+    with pytest.raises(HubquantError, match="no Hugging Face export mapping for LlamaBackbone"):
+        export_hf(backbone, tmp_path)
+
+
+def test_cli_export_from_a_saved_preset(fresh, inputs, tmp_path, capsys):
+    lm = fresh("gemma")
+    hubquant.quantize(lm, "int8")
+    hubquant.save(lm, tmp_path / "q")
+    assert (
+        cli.main(["export", str(tmp_path / "q"), "--to", "hf", "--output", str(tmp_path / "hf")])
+        == 0
+    )
+    np.testing.assert_allclose(
+        hf_logits(tmp_path / "hf", inputs["token_ids"]), logits(lm, inputs), atol=1e-4, rtol=0
+    )
