@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     apply.add_argument("--quiet", action="store_true", help="print only errors")
+    apply.add_argument("--report", help="also write the per-role report as JSON to this file")
 
     export = sub.add_parser("export", help="export a hubquant artefact (to Hugging Face)")
     export.add_argument("source", help="a hubquant folder, .keras or .safetensors file")
@@ -58,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty output folder"
     )
+
+    ev = sub.add_parser("eval", help="perplexity, KL and top-1 agreement of quantized vs float")
+    ev.add_argument(
+        "--preset", default=None, help="the original float preset (default: the synthetic one)"
+    )
+    ev.add_argument("--quantized", required=True, help="a hubquant folder, .keras or .safetensors")
+    ev.add_argument("--text", required=True, help="a UTF-8 text file to cut token windows from")
+    ev.add_argument("--seq-len", type=int, default=128, help="tokens per window (default 128)")
+    ev.add_argument("--windows", type=int, default=16, help="number of windows (default 16)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     presets = sub.add_parser("presets", help="list KerasHub presets hubquant has a recipe for")
     presets.add_argument("filter", nargs="?", default="", help="only names containing this")
@@ -110,6 +121,11 @@ def _dispatch(args) -> int:
             strict=args.strict,
             overwrite=args.overwrite,
             quiet=args.quiet,
+            report=args.report,
+        )
+    if args.command == "eval":
+        return commands.evaluate(
+            args.preset, args.quantized, args.text, args.seq_len, args.windows, args.json
         )
     if args.command == "export":
         return commands.export(args.source, args.to, args.output, args.overwrite)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -18,9 +19,11 @@ def apply(
     strict: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    report: str | None = None,
 ) -> int:
     """Load a float preset, quantize it as the config says, save it."""
-    from hubquant import api, report
+    from hubquant import api
+    from hubquant import report as report_mod
     from hubquant.config import load_config
     from hubquant.io.output import check_target
     from hubquant.recipe import get_recipe
@@ -50,13 +53,15 @@ def apply(
     model = load_source(preset)
     plan = api.plan_for(model, config_obj, recipe_obj, strict=strict)
     if dry_run:
-        print(report.plan_table(plan))
+        print(report_mod.plan_table(plan))
         return 0
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
     seconds = _quantize_with_progress(model, plan, say)
     api.save(model, output, format_list, overwrite=overwrite)
-    say(report.role_table(plan, seconds))
+    say(report_mod.role_table(plan, seconds))
+    if report:
+        Path(report).write_text(json.dumps(report_mod.role_report(plan, seconds), indent=1))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0
 
@@ -87,6 +92,15 @@ def _formats(text: str) -> tuple[str, ...]:
     formats = tuple(f.strip() for f in text.split(",") if f.strip()) or ("preset",)
     writers(formats)  # unknown names fail before any work
     return formats
+
+
+def evaluate(preset, quantized, text, seq_len, windows, as_json) -> int:
+    from hubquant.evaluate import evaluate as run
+    from hubquant.synthetic import DEFAULT_PRESET
+
+    result = run(preset or DEFAULT_PRESET, quantized, text, seq_len, windows)
+    print(json.dumps(result.to_dict(), indent=1) if as_json else result.table())
+    return 0
 
 
 def export(source: str, to: str, output: str, overwrite: bool = False) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from hubquant.plan import Plan
 
 
@@ -30,38 +28,38 @@ def plan_table(plan: Plan) -> str:
 
 def role_table(plan: Plan, seconds: dict[str, float] | None = None) -> str:
     """Per role and in total: parameters, bytes before and after, ratio, time."""
-    sums = defaultdict(lambda: [0, 0, 0])
-    for e in plan.entries:
-        row = sums[e.role]
-        row[0] += e.params
-        row[1] += e.bytes_before
-        row[2] += e.bytes_after
+    data = role_report(plan, seconds)
     rows = [("role", "params", "before", "after", "ratio", "time")]
-    for role, (params, before, after) in sums.items():
-        t = (seconds or {}).get(role)
+    for role, row in [*data["roles"].items(), ("total", data["total"])]:
+        t = row["seconds"]
         rows.append(
             (
                 role,
-                f"{params:,}",
-                _size(before),
-                _size(after),
-                f"{before / after:.2f}x",
+                f"{row['params']:,}",
+                _size(row["bytes_before"]),
+                _size(row["bytes_after"]),
+                f"{row['ratio']:.2f}x",
                 "-" if t is None else f"{t:.2f}s",
             )
         )
-    totals = plan.totals()
-    total_t = sum((seconds or {}).values())
-    rows.append(
-        (
-            "total",
-            f"{totals['params']:,}",
-            _size(totals["bytes_before"]),
-            _size(totals["bytes_after"]),
-            f"{totals['bytes_before'] / totals['bytes_after']:.2f}x",
-            f"{total_t:.2f}s" if seconds else "-",
-        )
-    )
     return _format(rows)
+
+
+def role_report(plan: Plan, seconds: dict[str, float] | None = None) -> dict:
+    """The role table as data, for ``--report FILE``."""
+    roles: dict[str, dict] = {}
+    for e in plan.entries:
+        row = roles.setdefault(e.role, {"params": 0, "bytes_before": 0, "bytes_after": 0})
+        row["params"] += e.params
+        row["bytes_before"] += e.bytes_before
+        row["bytes_after"] += e.bytes_after
+    for role, row in roles.items():
+        row["ratio"] = row["bytes_before"] / max(1, row["bytes_after"])
+        row["seconds"] = (seconds or {}).get(role)
+    totals = plan.totals()
+    totals["ratio"] = totals["bytes_before"] / max(1, totals["bytes_after"])
+    totals["seconds"] = sum((seconds or {}).values()) if seconds else None
+    return {"recipe": plan.recipe, "roles": roles, "total": totals}
 
 
 def totals_line(plan: Plan) -> str:

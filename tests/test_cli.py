@@ -1,5 +1,6 @@
 """The command line: end to end, and every user error as one line with exit code 2."""
 
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,25 @@ def test_cli_error_in_a_fresh_process_has_no_traceback(tmp_path):
         "hubquant: error: config 'int5' not found: not a file and not a shipped config "
         "(shipped: int4, int8, mixed)"
     )
+
+
+def test_report_json_has_roles_and_totals(capsys, tmp_path, float_presets):
+    report = tmp_path / "report.json"
+    code, _, _ = run(
+        capsys,
+        "apply",
+        "--preset",
+        str(float_presets["gemma"]),
+        "--config",
+        "int4",
+        "--output",
+        str(tmp_path / "o"),
+        "--report",
+        str(report),
+        "--quiet",
+    )
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["recipe"] == "gemma" and "attn.q" in data["roles"]
+    assert data["total"]["bytes_after"] < data["total"]["bytes_before"]
+    assert data["total"]["ratio"] > 4

@@ -5,6 +5,8 @@ float copies rebuilt from its config and weights, so in-place quantization in
 one test does not leak into another.
 """
 
+import gc
+
 import keras
 import numpy as np
 import pytest
@@ -29,6 +31,14 @@ SHARED_PATH = pytest.mark.xfail(
     strict=True,
     reason="SmolLM3 o_proj layers share the path 'o_proj'; plan._merge_shared "
     "keys on (path, matrix) and keeps one of them",
+)
+
+
+# Keras' own quantize() refuses SmolLM3Backbone: its SmolLM3RotaryEmbedding
+# layers are never built, and Model.quantize() checks every layer is built.
+KERAS_CANNOT = pytest.mark.skip(
+    reason="keras Model.quantize() raises on SmolLM3: layer 'rotary_emb' "
+    "(SmolLM3RotaryEmbedding) is not built; nothing to compare with"
 )
 
 
@@ -96,8 +106,8 @@ def test_every_block_role_has_one_entry_per_block(family, fresh):
         if spec.scope == "block":
             got = sorted(e.block for e in plan.entries if spec.role in e.role.split("+"))
             assert got == list(range(blocks)), spec.role
-    layers = [surgery.layer_at(backbone, e.attr) for e in plan.entries]
-    assert len({id(layer) for layer in layers}) == len(layers)
+    matrices = [(id(surgery.layer_at(backbone, e.attr)), e.matrix) for e in plan.entries]
+    assert len(set(matrices)) == len(matrices)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -120,14 +130,17 @@ def test_int8_is_close_to_float(family, fresh):
     assert err < INT8_RELATIVE_MSE, f"relative MSE {err:.4f}"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_int4_at_least_as_close_as_keras_int4_block_128(family, fresh):
+@pytest.mark.parametrize("family", _marked(KERAS_CANNOT, {"smollm3"}))
+def test_int4_at_least_as_close_as_keras_int4_block_128(family, fresh, monkeypatch):
     ref_model = fresh(family)
     inputs = families.sample_inputs(ref_model)
     ref = outputs(ref_model, inputs)
     ours = fresh(family)
     hubquant.apply_plan(ours, hubquant.plan_for(ours, "int4"))  # configs/int4.yaml
     theirs = fresh(family)
+    # Keras runs gc.collect() for every variable it deletes (0.4 s each here);
+    # skipping it changes no number, only the time.
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)
     theirs.quantize("int4", config=Int4QuantizationConfig(block_size=128))
     ours_err = relative_mse(outputs(ours, inputs), ref)
     theirs_err = relative_mse(outputs(theirs, inputs), ref)
