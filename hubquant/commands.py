@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from hubquant.errors import HubquantError
@@ -57,7 +56,7 @@ def apply(
         return 0
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
-    seconds = _quantize_with_progress(model, plan, say)
+    seconds = _quantize_with_progress(model, plan, quiet)
     api.save(model, output, format_list, overwrite=overwrite)
     say(report_mod.role_table(plan, seconds))
     if report:
@@ -66,24 +65,16 @@ def apply(
     return 0
 
 
-def _quantize_with_progress(model, plan, say) -> dict[str, float]:
+def _quantize_with_progress(model, plan, quiet: bool) -> dict[str, float]:
     from hubquant import api
+    from hubquant.progress import Progress
 
-    seconds: dict[str, float] = {}
-    total = len(plan.layers())
-    done = [0, time.perf_counter()]
-
-    def on_layer(entries):
-        now = time.perf_counter()
-        for e in entries:
-            seconds[e.role] = seconds.get(e.role, 0.0) + (now - done[1]) / len(entries)
-        done[0] += 1
-        done[1] = now
-        if done[0] == total or done[0] % max(1, total // 10) == 0:
-            say(f"quantized {done[0]}/{total} layers")
-
-    api.apply_plan(model, plan, on_layer=on_layer)
-    return seconds
+    progress = Progress(plan, quiet=quiet)
+    try:
+        api.apply_plan(model, plan, on_layer=progress)
+    finally:
+        progress.close()
+    return progress.seconds
 
 
 def _formats(text: str) -> tuple[str, ...]:

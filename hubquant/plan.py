@@ -180,6 +180,7 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
                     hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
                 )
             )
+    entries.sort(key=lambda e: -1 if e.block is None else e.block)  # block by block
     entries = _merge_shared(entries, config)
     unmatched = tuple(r.describe() for r in config.rules if r.number not in used_rules)
     if strict and unmatched:
