@@ -52,7 +52,7 @@ class Progress:
         elif not self.quiet and (self.left[block] == 0 or self.done == self.total):
             elapsed = now - self.start
             eta = elapsed / self.done * (self.total - self.done)
-            label = "layers" if block is None else f"block {block + 1}/{len(self.blocks)}"
+            label = "non-block layers" if block is None else f"block {block + 1}/{len(self.blocks)}"
             print(
                 f"quantized {label} ({self.done}/{self.total} layers, {elapsed:.1f}s elapsed, "
                 f"~{eta:.1f}s left)",

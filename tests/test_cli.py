@@ -223,3 +223,29 @@ def test_report_json_has_roles_and_totals(capsys, tmp_path, float_presets):
     assert data["recipe"] == "gemma" and "attn.q" in data["roles"]
     assert data["total"]["bytes_after"] < data["total"]["bytes_before"]
     assert data["total"]["ratio"] > 4
+
+
+@pytest.mark.slow
+def test_same_inputs_give_the_same_bytes(tmp_path, float_presets):
+    """Two separate runs (as users make them) write byte-identical artefacts."""
+    import hashlib
+
+    digests = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        args = ["apply", "--preset", str(float_presets["gemma"]), "--config", "int4", "--quiet"]
+        result = _cli(
+            *args, "--output", str(out), "--format", "preset,keras,safetensors", cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        digests.append(
+            {
+                p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in files
+            }
+        )
+    assert digests[0] == digests[1]
+    assert {"model.keras", "model.safetensors", "model.weights.h5", "metadata.json"} <= set(
+        digests[0]
+    )

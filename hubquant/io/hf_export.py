@@ -26,6 +26,7 @@ import numpy as np
 from keras_hub.models import Task
 
 from hubquant.errors import HubquantError
+from hubquant.io.st_writer import spec_of, write_safetensors
 from hubquant.plan import PlanEntry
 from hubquant.quantizers import unpack_int4
 
@@ -35,8 +36,6 @@ _EXPORTERS = "keras_hub.src.utils.transformers.export.hf_exporter"
 def export_hf(model, folder: Path) -> None:
     """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads."""
     import importlib
-
-    from safetensors.numpy import save_file
 
     exporter = importlib.import_module(_EXPORTERS)
     backbone = model.backbone if isinstance(model, Task) else model
@@ -63,9 +62,8 @@ def export_hf(model, folder: Path) -> None:
         tensors.pop(f"{entry.hf}.weight", None)
         tensors.update(_packed_tensors(backbone, entry, _dtype_of(tensors)))
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    save_file(
-        dict(sorted(tensors.items())), str(folder / "model.safetensors"), metadata={"format": "pt"}
-    )
+    specs = {name: (*spec_of(t), (lambda t=t: t)) for name, t in tensors.items()}
+    write_safetensors(folder / "model.safetensors", specs, {"format": "pt"})
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     if tokenizer is not None:
         exporter.export_tokenizer(tokenizer, str(folder))

@@ -9,6 +9,7 @@ import keras
 from keras_hub.models import Backbone, Task
 
 from hubquant.errors import ArtefactError
+from hubquant.io.reproducible import normalize_keras_archive, normalize_metadata_json
 from hubquant.plan import FORMAT_VERSION, Plan
 
 METADATA_FILE = "hubquant.json"
@@ -57,10 +58,12 @@ def save_preset(model, folder: Path) -> None:
 
     keep_special_tokens(model)
     model.save_to_preset(str(folder))
+    normalize_metadata_json(folder / "metadata.json")
 
 
 def save_keras(model, folder: Path) -> None:
     model.save(str(folder / KERAS_FILE))
+    normalize_keras_archive(folder / KERAS_FILE)
 
 
 def save_hf(model, folder: Path) -> None:

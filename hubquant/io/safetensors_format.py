@@ -21,6 +21,7 @@ import numpy as np
 from keras_hub.models import Task
 
 from hubquant.errors import ArtefactError
+from hubquant.io.st_writer import spec_of, write_safetensors
 from hubquant.plan import FORMAT_VERSION
 
 SINGLE_FILE = "model.safetensors"
@@ -31,18 +32,16 @@ MAX_SHARD_BYTES = 4 << 30
 
 def save_safetensors(model, folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
     """Write ``model.safetensors`` (or shards plus an index) into ``folder``."""
-    from safetensors.numpy import save_file
-
     backbone = model.backbone if isinstance(model, Task) else model
     metadata = _metadata(model, backbone)
     shards = _shards(_tensor_sources(model, backbone), max_shard_bytes)
     if len(shards) == 1:
-        save_file(_materialize(shards[0]), str(folder / SINGLE_FILE), metadata=metadata)
+        write_safetensors(folder / SINGLE_FILE, _specs(shards[0]), metadata)
         return
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(_materialize(shard), str(folder / name), metadata=metadata)
+        write_safetensors(folder / name, _specs(shard), metadata)
         weight_map.update(dict.fromkeys(shard, name))
     index = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=1, sort_keys=True))
@@ -116,12 +115,14 @@ def _nbytes(source) -> int:
     return int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize
 
 
-def _materialize(shard: dict) -> dict[str, np.ndarray]:
+def _specs(shard: dict) -> dict:
+    """Name -> (dtype, shape, source) with each variable read only when written."""
     return {
-        name: np.ascontiguousarray(
-            s if isinstance(s, np.ndarray) else keras.ops.convert_to_numpy(s)
+        name: (
+            *spec_of(src),
+            (lambda s=src: s if isinstance(s, np.ndarray) else keras.ops.convert_to_numpy(s)),
         )
-        for name, s in shard.items()
+        for name, src in shard.items()
     }
 
 
