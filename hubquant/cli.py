@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--windows", type=int, default=16, help="number of windows (default 16)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    ins = sub.add_parser("inspect", help="what a hubquant artefact holds (metadata only)")
+    ins.add_argument("path", help="a hubquant folder, .keras, .safetensors or Hugging Face export")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     presets = sub.add_parser("presets", help="list KerasHub presets hubquant has a recipe for")
     presets.add_argument("filter", nargs="?", default="", help="only names containing this")
 
@@ -123,6 +127,8 @@ def _dispatch(args) -> int:
             quiet=args.quiet,
             report=args.report,
         )
+    if args.command == "inspect":
+        return commands.inspect(args.path, args.json)
     if args.command == "eval":
         return commands.evaluate(
             args.preset, args.quantized, args.text, args.seq_len, args.windows, args.json

@@ -85,6 +85,14 @@ def _formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def inspect(path: str, as_json: bool) -> int:
+    from hubquant.inspect import format_inspection, inspect_path
+
+    info = inspect_path(path)
+    print(json.dumps(info, indent=1) if as_json else format_inspection(info))
+    return 0 if info["complete"] else 2
+
+
 def evaluate(preset, quantized, text, seq_len, windows, as_json) -> int:
     from hubquant.evaluate import evaluate as run
     from hubquant.synthetic import DEFAULT_PRESET

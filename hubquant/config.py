@@ -113,16 +113,17 @@ def shipped_configs() -> dict[str, Path]:
 def load_config(spec: str | Path) -> Config:
     """Read a config from a file path, or by shipped name (``int4``, ``int4.yaml``)."""
     path = Path(spec)
-    if not path.is_file():
-        shipped = shipped_configs()
-        name = str(spec).removesuffix(".yaml")
-        if name not in shipped:
-            raise ConfigError(
-                f"config '{spec}' not found: not a file and not a shipped config "
-                f"(shipped: {', '.join(shipped)})"
-            )
-        path = shipped[name]
-    return parse_config(read_text(path, ConfigError), str(path))
+    if path.is_file():
+        return parse_config(read_text(path, ConfigError), str(path))
+    shipped = shipped_configs()
+    name = str(spec).removesuffix(".yaml")
+    if name not in shipped:
+        raise ConfigError(
+            f"config '{spec}' not found: not a file and not a shipped config "
+            f"(shipped: {', '.join(shipped)})"
+        )
+    # Named by where it ships, not by this machine's install path.
+    return parse_config(read_text(shipped[name], ConfigError), f"configs/{name}.yaml")
 
 
 def parse_config(text: str, source: str) -> Config:

@@ -32,7 +32,9 @@ class HubquantBackboneMixin:
     def get_config(self):
         config = super().get_config()
         config["dtype"] = keras.dtype_policies.serialize(dtype_map(self.hubquant_plan))
-        config["hubquant"] = {"plan": self.hubquant_plan.to_dict()}
+        from hubquant import __version__
+
+        config["hubquant"] = {"plan": self.hubquant_plan.to_dict(), "version": __version__}
         return config
 
     @classmethod

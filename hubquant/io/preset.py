@@ -93,6 +93,13 @@ def read_metadata(folder: Path) -> dict:
 def load_folder(folder: Path):
     """The quantized task (or backbone) from a preset folder hubquant wrote."""
     meta = read_metadata(folder)
+    from hubquant.inspect import missing_files
+
+    missing = missing_files(folder, meta)
+    if missing:
+        raise ArtefactError(
+            f"'{folder}' is incomplete: {', '.join(missing)} missing (formats {meta['formats']})."
+        )
     if (folder / "task.json").is_file():
         config = json.loads((folder / "task.json").read_text())
         cls = keras.saving.get_registered_object(config["registered_name"])
