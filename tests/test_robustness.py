@@ -1,0 +1,100 @@
+"""Arbitrary config files never crash the reader; a killed run leaves nothing loadable."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hubquant
+from hubquant.config import Config, parse_config
+from hubquant.errors import ArtefactError, ConfigError
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-300, 300),
+    st.floats(allow_nan=False),
+    st.sampled_from(
+        ["int4", "int8", "none", "attn.*", "embed", "0:2", "-1", "rtn", "gptq", "[", "*"]
+    ),
+    st.text(max_size=8),
+)
+keys = st.sampled_from(
+    [
+        "default",
+        "rules",
+        "match",
+        "mode",
+        "group_size",
+        "symmetric",
+        "algorithm",
+        "role",
+        "blocks",
+        "path",
+        "x",
+    ]
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents)
+def test_any_yaml_document_gives_a_config_or_a_config_error(doc):
+    try:
+        result = parse_config(yaml.safe_dump(doc), "fuzz.yaml")
+    except ConfigError as e:
+        assert "\n" not in str(e)
+    else:
+        assert isinstance(result, Config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_gives_a_config_or_a_config_error(text):
+    try:
+        parse_config(text, "fuzz.yaml")
+    except ConfigError:
+        pass
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_writing_leaves_nothing_loadable(tmp_path, float_presets):
+    target = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hubquant.cli",
+        "apply",
+        "--preset",
+        str(float_presets["gemma"]),
+        "--config",
+        "int8",
+        "--output",
+        str(target),
+        "--format",
+        "preset,keras,safetensors",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "KERAS_BACKEND": "jax"})
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not target.exists()
+    for partial in tmp_path.glob(".out.partial-*"):
+        with pytest.raises(ArtefactError):
+            hubquant.load(partial)
