@@ -21,6 +21,7 @@ from hubquant.resources import shipped_files
 KNOWN_ROLES = (
     "attn.q", "attn.k", "attn.v", "attn.o", "attn.qkv",
     "mlp.gate", "mlp.up", "mlp.down", "mlp.gate_up", "moe.experts", "moe.router",
+    "moe.shared.gate", "moe.shared.up", "moe.shared.down", "moe.shared_router",
     "embed", "embed.position", "lm_head", "pooler",
 )
 # fmt: on

@@ -151,8 +151,9 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
     for spec in recipe.roles:
         for block, owner, where in _owners(backbone, blocks, spec, recipe.blocks):
             layer = _find(owner, spec.path, spec, where)
+            if layer is None:
+                continue  # an optional role this block does not have
             layer_cls = replacement_for(layer, spec, recipe)
-            matrix = _matrix_name(layer, spec)
             options, rule = config.resolve(spec.role, block, len(blocks), layer.path)
             if options.mode == "int8":  # int8 is always symmetric, one scale per channel
                 options = replace(options, group_size=-1, symmetric=True)
@@ -161,25 +162,26 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
                 for r in config.rules
                 if r.match.matches(spec.role, block, len(blocks), layer.path)
             )
-            entries.append(
-                PlanEntry(
-                    path=layer.path,
-                    attr=f"{where}.{spec.path}" if where else spec.path,
-                    role=spec.role,
-                    block=block,
-                    matrix=matrix,
-                    layer=layer_cls.__name__,
-                    mode=options.mode,
-                    group_size=options.group_size,
-                    symmetric=options.symmetric,
-                    algorithm=options.algorithm,
-                    source_dtype=_source_dtype(layer),
-                    shape=matrix_shape(layer, matrix),
-                    kernel_shape=variable_shape(layer, matrix),
-                    rule=None if rule is None else rule.number,
-                    hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
+            for matrix in spec.matrices or (_matrix_name(layer, spec),):
+                entries.append(
+                    PlanEntry(
+                        path=layer.path,
+                        attr=f"{where}.{spec.path}" if where else spec.path,
+                        role=spec.role,
+                        block=block,
+                        matrix=matrix,
+                        layer=layer_cls.__name__,
+                        mode=options.mode,
+                        group_size=options.group_size,
+                        symmetric=options.symmetric,
+                        algorithm=options.algorithm,
+                        source_dtype=_source_dtype(layer),
+                        shape=matrix_shape(layer, matrix),
+                        kernel_shape=variable_shape(layer, matrix),
+                        rule=None if rule is None else rule.number,
+                        hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
+                    )
                 )
-            )
     entries.sort(key=lambda e: -1 if e.block is None else e.block)  # block by block
     entries = _merge_shared(entries, config)
     unmatched = tuple(r.describe() for r in config.rules if r.number not in used_rules)
@@ -222,6 +224,8 @@ def _find(owner, dotted: str, spec: RoleSpec, where: str):
     obj = owner
     for part in dotted.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
+        if obj is None and spec.optional:
+            return None
         if obj is None:
             place = f"block {where.rsplit('.', 1)[-1]}" if where else "the backbone"
             raise RecipeError(

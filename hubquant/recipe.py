@@ -31,7 +31,8 @@ LAYER_NAMES = (
 SCOPES = ("block", "backbone")
 PARTS = ("forward", "reverse")
 TOP_KEYS = ("name", "description", "backbones", "blocks", "hf_model_type", "roles")
-ROLE_KEYS = ("path", "scope", "hf", "layer", "part")
+ROLE_KEYS = ("path", "scope", "hf", "layer", "part", "matrices", "optional")
+_NAME = re.compile(r"[A-Za-z_]\w*")
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.([A-Za-z_]\w*|\d+))*")
 
 
@@ -46,10 +47,16 @@ class RoleSpec:
     hf: str | None = None
     layer: str | None = None
     part: str = "forward"
+    # Raw stacked weights of an expert bank, each [experts, in, out] (moe.experts).
+    matrices: tuple[str, ...] = ()
+    # True: blocks without this path are skipped (e.g. dense layers in a MoE model).
+    optional: bool = False
 
     def to_dict(self) -> dict:
         spec = dataclasses.asdict(self)
         del spec["role"]
+        spec["matrices"] = list(self.matrices) or None
+        spec["optional"] = self.optional or None
         return {key: value for key, value in spec.items() if value is not None}
 
 
@@ -219,7 +226,31 @@ def _role(role: object, raw: object, source: str) -> RoleSpec:
         hf=_hf_name(raw.get("hf"), scope, where),
         layer=_choice(raw, "layer", LAYER_NAMES, where),
         part=_choice(raw, "part", PARTS, where) or "forward",
+        matrices=_matrices(raw.get("matrices"), where),
+        optional=_flag(raw.get("optional"), "optional", where),
     )
+
+
+def _matrices(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, str) and _NAME.fullmatch(v) for v in value)
+    )
+    if not ok:
+        expected = "expected a list of attribute names of [experts, in, out] weights"
+        raise RecipeError(message(where, "matrices", expected, value))
+    return tuple(value)
+
+
+def _flag(value: object, key: str, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RecipeError(message(where, key, "expected true or false", value))
+    return value
 
 
 def _choice(raw: dict, key: str, accepted: tuple, where: str) -> str | None:

@@ -13,7 +13,7 @@ import keras
 from keras.dtype_policies import QuantizedDTypePolicy
 
 from hubquant.layers import MatrixSpec
-from hubquant.layers.registry import LAYERS
+from hubquant.layers.registry import class_for
 from hubquant.plan import Plan, PlanEntry
 
 
@@ -61,7 +61,7 @@ def _layer_at(backbone, attr: str):
 
 
 def _adopt(layer, entries: list[PlanEntry]) -> None:
-    cls = LAYERS[entries[0].layer]
+    cls = class_for(entries[0].layer, layer)
     if type(layer) is not cls:
         layer.__class__ = cls
         # Keras binds wrapped ``build``/``quantize`` on each instance; use ours.
@@ -73,6 +73,8 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
     layer.hubquant_source_dtype = entries[0].source_dtype
     if entries[0].matrix == "kernel":
         layer._hubquant_kernel_shape = entries[0].kernel_shape
+    if len(entries[0].kernel_shape) == 3 and entries[0].matrix != "kernel":
+        layer.hubquant_bank_shapes = {e.matrix: e.kernel_shape for e in entries}
 
 
 def _matrix_variable_attrs(layer) -> list[str]:

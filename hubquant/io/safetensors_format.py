@@ -52,7 +52,14 @@ def load_safetensors(path: Path):
     files, metadata = _files_and_metadata(path)
     model = keras.saving.deserialize_keras_object(json.loads(metadata["model_config"]))
     backbone = model.backbone if isinstance(model, Task) else model
-    variables = {v.path: v for v in backbone.weights}
+    # Match tensors to variables by position: auto-generated layer names (and
+    # so variable paths) can differ from one process to the next.
+    order = json.loads(metadata["weights"])
+    if len(order) != len(backbone.weights):
+        raise ArtefactError(
+            f"'{path}' lists {len(order)} weights; the rebuilt model has {len(backbone.weights)}."
+        )
+    variables = dict(zip(order, backbone.weights, strict=True))
     assigned = set()
     with tempfile.TemporaryDirectory() as assets:
         for file in files:
@@ -81,6 +88,7 @@ def _metadata(model, backbone) -> dict[str, str]:
         "config": json.dumps({"source": plan.config_source, "text": plan.config_text}),
         "plan": plan.to_json(),
         "model_config": json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True),
+        "weights": json.dumps([v.path for v in backbone.weights]),
     }
 
 
@@ -147,7 +155,7 @@ def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
 
 
 def _check_metadata(file: Path, metadata: dict) -> None:
-    if metadata.get("format") != "hubquant" or "model_config" not in metadata:
+    if metadata.get("format") != "hubquant" or "model_config" not in metadata or "weights" not in metadata:
         raise ArtefactError(f"'{file}' has no hubquant metadata; it was not written by hubquant.")
     version = int(metadata.get("format_version", "0"))
     if version > FORMAT_VERSION:

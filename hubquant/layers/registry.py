@@ -8,6 +8,7 @@ from keras.layers import ReversibleEmbedding
 from hubquant.errors import RecipeError
 from hubquant.layers.dense import QuantDense, QuantEinsumDense
 from hubquant.layers.embedding import QuantEmbedding, QuantReversibleEmbedding
+from hubquant.layers.experts import experts_class
 from hubquant.layers.layout import KernelLayout
 
 # Most specific first: a ReversibleEmbedding is also an Embedding.
@@ -22,6 +23,8 @@ LAYERS = {cls.__name__: cls for _, cls in REPLACEMENTS}
 
 def replacement_for(layer, spec, recipe) -> type:
     """The hubquant class for ``layer``: the recipe's choice or by Keras class."""
+    if spec.matrices:
+        return _experts_replacement(layer, spec, recipe)
     base = next((cls for src, cls in REPLACEMENTS if isinstance(layer, src)), None)
     if spec.layer is not None:
         chosen = LAYERS[spec.layer]
@@ -50,6 +53,27 @@ def replacement_for(layer, spec, recipe) -> type:
     return base
 
 
+def _experts_replacement(layer, spec, recipe) -> type:
+    for name in spec.matrices:
+        var = getattr(layer, name, None)
+        if var is None or len(var.shape) != 3:
+            raise RecipeError(
+                f"recipe '{recipe.name}': role '{spec.role}': '{layer.path}' has no "
+                f"[experts, in, out] weight '{name}'. Received: "
+                f"{None if var is None else tuple(var.shape)}"
+            )
+    return experts_class(type(layer))
+
+
+def class_for(name: str, layer) -> type:
+    """A hubquant layer class by name; expert banks get one per source class."""
+    if name in LAYERS:
+        return LAYERS[name]
+    if type(layer).__name__ == name:
+        return type(layer)
+    return experts_class(type(layer))
+
+
 def _keras_base(cls: type) -> type:
     return next(src for src, dst in REPLACEMENTS if dst is cls)
 
@@ -63,6 +87,9 @@ def layout_of(layer) -> KernelLayout:
 
 def matrix_shape(layer, matrix: str) -> tuple[int, int]:
     """Canonical ``[N, K]`` shape of one of a layer's float matrices."""
+    if matrix not in ("kernel", "embeddings", "reverse"):  # an expert bank
+        experts, k, n = getattr(layer, matrix).shape
+        return experts * n, k
     if matrix == "kernel":
         layout = layout_of(layer)
         return layout.n, layout.k
@@ -71,6 +98,8 @@ def matrix_shape(layer, matrix: str) -> tuple[int, int]:
 
 def variable_shape(layer, matrix: str) -> tuple[int, ...]:
     """Shape of a matrix's float variable in Keras layout."""
+    if matrix not in ("kernel", "embeddings", "reverse"):
+        return tuple(getattr(layer, matrix).shape)
     if matrix == "kernel":
         return tuple(layer._kernel.shape)
     if matrix == "reverse":
