@@ -30,8 +30,13 @@ class HubquantBackboneMixin:
     hubquant_plan: Plan
 
     def get_config(self):
-        config = super().get_config()
-        config["dtype"] = keras.dtype_policies.serialize(dtype_map(self.hubquant_plan))
+        # Hand KerasHub the Plan's policy map: its own map building fails when
+        # two quantized layers share a path (SmolLM3 names every o_proj alike).
+        saved, self._dtype_policy = self._dtype_policy, dtype_map(self.hubquant_plan)
+        try:
+            config = super().get_config()
+        finally:
+            self._dtype_policy = saved
         from hubquant import __version__
 
         config["hubquant"] = {"plan": self.hubquant_plan.to_dict(), "version": __version__}

@@ -248,7 +248,7 @@ def _merge_shared(entries: list[PlanEntry], config: Config) -> list[PlanEntry]:
     by_matrix: dict[tuple[str, str], PlanEntry] = {}
     merged = []
     for entry in entries:
-        key = (entry.path, entry.matrix)
+        key = (entry.attr, entry.matrix)  # paths can repeat across blocks (SmolLM3)
         first = by_matrix.get(key)
         if first is None:
             by_matrix[key] = entry
