@@ -52,3 +52,16 @@ def fresh(float_presets):
 
 def logits(model, inputs) -> np.ndarray:
     return np.asarray(model(inputs))
+
+
+def keras_quantize(model, *args, **kwargs):
+    """Keras' own ``model.quantize``, without the ``gc.collect()`` it runs for
+    every variable it deletes (about 0.4 s each here; no number changes)."""
+    import gc
+
+    collect = gc.collect
+    gc.collect = lambda *a: 0
+    try:
+        model.quantize(*args, **kwargs)
+    finally:
+        gc.collect = collect

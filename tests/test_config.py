@@ -292,7 +292,11 @@ def test_shipped_configs_say_what_they_promise():
     assert set(shipped_configs()) == {"int4", "int8", "mixed"}
     int8, int4, mixed = (load_config(n) for n in ("int8", "int4", "mixed"))
     for role in KNOWN_ROLES:
-        assert resolve(int8, role, 2)[0].mode == "int8"
+        expected = "none" if role.endswith("router") else "int8"  # routers stay exact
+        assert resolve(int8, role, 2)[0].mode == expected
+    for config in (int4, mixed):
+        assert resolve(config, "moe.router", 2)[0].mode == "none"
+        assert resolve(config, "moe.shared_router", 2)[0].mode == "none"
     for role, mode in [("embed", "int8"), ("lm_head", "int8"), ("mlp.up", "int4")]:
         assert resolve(int4, role, None if role != "mlp.up" else 2)[0].mode == mode
     modes = {

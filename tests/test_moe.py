@@ -1,52 +1,16 @@
 """Mixture-of-experts banks: quantized per expert and channel, routed forward unchanged."""
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
+from conftest import keras_quantize
 from reference import int4 as ref_int4
 
 import hubquant
-from hubquant import surgery
+from hubquant import families, surgery
 from hubquant.quantizers import unpack_int4
-from hubquant.synthetic import make_trained_like
 
-BUILDERS = {
-    "mixtral": lambda: keras_hub.models.MixtralBackbone(
-        vocabulary_size=128,
-        num_layers=2,
-        num_query_heads=4,
-        hidden_dim=64,
-        intermediate_dim=96,
-        num_key_value_heads=2,
-        num_experts=4,
-    ),
-    "qwen_moe": lambda: keras_hub.models.QwenMoeBackbone(
-        vocabulary_size=128,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=64,
-        intermediate_dim=96,
-        moe_intermediate_dim=48,
-        shared_expert_intermediate_dim=64,
-        num_experts=4,
-        top_k=2,
-    ),
-    "qwen3_moe": lambda: keras_hub.models.Qwen3MoeBackbone(
-        vocabulary_size=128,
-        num_layers=3,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=64,
-        intermediate_dim=96,
-        moe_intermediate_dim=48,
-        num_experts=4,
-        top_k=2,
-        head_dim=16,
-        mlp_only_layers=[1],
-    ),
-}
+FAMILIES = ["mixtral", "qwen_moe", "qwen3_moe"]
 INPUTS = {
     "token_ids": np.arange(3, 19, dtype="int32").reshape(2, 8),
     "padding_mask": np.ones((2, 8), "int32"),
@@ -54,10 +18,7 @@ INPUTS = {
 
 
 def build(family):
-    keras.utils.set_random_seed(0)
-    backbone = BUILDERS[family]()
-    make_trained_like(backbone, seed=0)
-    return backbone
+    return families.fresh_backbone(family)
 
 
 def out(backbone):
@@ -74,7 +35,7 @@ def float_fraction(backbone):
     return floats / sum(int(np.prod(v.shape)) for v in backbone.weights)
 
 
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
+@pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
     return request.param
 
@@ -118,7 +79,7 @@ def test_int8_is_close_and_keras_leaves_experts_in_float(family, capsys):
     hubquant.quantize(ours, "int8")
     rel = np.mean((out(ours) - before) ** 2) / np.mean(before**2)
     assert rel < 2e-3, rel
-    theirs.quantize("int8")
+    keras_quantize(theirs, "int8")
     with capsys.disabled():
         print(
             f"\n{family}: float share hubquant int8 {float_fraction(ours):.1%}, keras int8 {float_fraction(theirs):.1%}"

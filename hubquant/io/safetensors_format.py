@@ -155,7 +155,11 @@ def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
 
 
 def _check_metadata(file: Path, metadata: dict) -> None:
-    if metadata.get("format") != "hubquant" or "model_config" not in metadata or "weights" not in metadata:
+    if (
+        metadata.get("format") != "hubquant"
+        or "model_config" not in metadata
+        or "weights" not in metadata
+    ):
         raise ArtefactError(f"'{file}' has no hubquant metadata; it was not written by hubquant.")
     version = int(metadata.get("format_version", "0"))
     if version > FORMAT_VERSION:

@@ -64,6 +64,17 @@ class QuantizedLayerMixin:
 
     hubquant_specs: dict  # matrix name -> MatrixSpec, set before quantize/build
 
+    def __init__(self, *args, hubquant=None, hubquant_source_dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hubquant_specs = specs_from_config(hubquant)
+        self.hubquant_source_dtype = hubquant_source_dtype
+
+    def get_config(self):
+        config = super().get_config()
+        config["hubquant"] = self._spec_config()
+        config["hubquant_source_dtype"] = self.hubquant_source_dtype
+        return config
+
     # -- quantize ---------------------------------------------------------
     def quantize(self, mode=None, type_check=True, config=None, **kwargs):
         """Quantize every matrix with a spec; ``mode`` must match the specs."""

@@ -5,17 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from hubquant.layers.base import QuantizedLayerMixin, specs_from_config
+from hubquant.layers.base import QuantizedLayerMixin
 from hubquant.layers.layout import KernelLayout
 
 
 class _QuantProjection(QuantizedLayerMixin):
     """Forward and hooks shared by both projection layers."""
-
-    def __init__(self, *args, hubquant=None, hubquant_source_dtype=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.hubquant_specs = specs_from_config(hubquant)
-        self.hubquant_source_dtype = hubquant_source_dtype
 
     def _float_matrices(self):
         return {"kernel": ("_kernel", lambda: self.layout.to_matrix(self._kernel))}
@@ -52,12 +47,6 @@ class _QuantProjection(QuantizedLayerMixin):
         if getattr(self, "_is_quantized", False):
             raise ValueError(f"Layer '{self.path}': LoRA on a hubquant layer is not supported.")
         return super().enable_lora(*args, **kwargs)
-
-    def get_config(self):
-        config = super().get_config()
-        config["hubquant"] = self._spec_config()
-        config["hubquant_source_dtype"] = self.hubquant_source_dtype
-        return config
 
 
 @keras.saving.register_keras_serializable(package="hubquant")

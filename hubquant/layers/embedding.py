@@ -12,15 +12,10 @@ import keras
 from keras import ops
 from keras.layers import ReversibleEmbedding
 
-from hubquant.layers.base import QuantizedLayerMixin, specs_from_config
+from hubquant.layers.base import QuantizedLayerMixin
 
 
 class _QuantTable(QuantizedLayerMixin):
-    def __init__(self, *args, hubquant=None, hubquant_source_dtype=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.hubquant_specs = specs_from_config(hubquant)
-        self.hubquant_source_dtype = hubquant_source_dtype
-
     def _float_matrices(self):
         matrices = {"embeddings": ("_embeddings", lambda: _f32(self._embeddings))}
         if getattr(self, "reverse_embeddings", None) is not None:
@@ -69,12 +64,6 @@ class _QuantTable(QuantizedLayerMixin):
         flat = ops.reshape(inputs, (-1,))
         rows = self._dequantized("embeddings", self.compute_dtype, rows=flat)
         return ops.reshape(rows, (*ops.shape(inputs), self.output_dim))
-
-    def get_config(self):
-        config = super().get_config()
-        config["hubquant"] = self._spec_config()
-        config["hubquant_source_dtype"] = self.hubquant_source_dtype
-        return config
 
 
 @keras.saving.register_keras_serializable(package="hubquant")
