@@ -24,6 +24,12 @@ def run(capsys, *argv):
     return code, captured.out, captured.err
 
 
+def apply(capsys, preset, config, output, *extra):
+    """``hubquant apply --preset P --config C --output O [extra]``, in process."""
+    args = ["apply", "--preset", str(preset), "--config", str(config), "--output", str(output)]
+    return run(capsys, *args, *extra)
+
+
 def assert_one_line_error(code, err, *fragments):
     assert code == 2
     lines = err.strip().splitlines()
@@ -47,32 +53,14 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(case, capsys, tmp_path
 
 
 def test_missing_preset_folder(capsys, tmp_path):
-    code, _, err = run(
-        capsys,
-        "apply",
-        "--preset",
-        str(tmp_path / "nope"),
-        "--config",
-        "int8",
-        "--output",
-        str(tmp_path / "o"),
-    )
+    code, _, err = apply(capsys, str(tmp_path / "nope"), "int8", str(tmp_path / "o"))
     assert_one_line_error(code, err, "not found")
     assert not (tmp_path / "o").exists()
 
 
 def test_folder_that_is_not_a_preset(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
-    code, _, err = run(
-        capsys,
-        "apply",
-        "--preset",
-        str(tmp_path / "empty"),
-        "--config",
-        "int8",
-        "--output",
-        str(tmp_path / "o"),
-    )
+    code, _, err = apply(capsys, str(tmp_path / "empty"), "int8", str(tmp_path / "o"))
     assert_one_line_error(code, err, "has no config.json")
 
 
@@ -80,32 +68,14 @@ def test_output_that_exists_and_is_not_empty(capsys, tmp_path, float_presets):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, _, err = run(
-        capsys,
-        "apply",
-        "--preset",
-        str(float_presets["gemma"]),
-        "--config",
-        "int8",
-        "--output",
-        str(out),
-    )
+    code, _, err = apply(capsys, str(float_presets["gemma"]), "int8", str(out))
     assert_one_line_error(code, err, "not empty", "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_unknown_format(capsys, tmp_path, float_presets):
-    code, _, err = run(
-        capsys,
-        "apply",
-        "--preset",
-        str(float_presets["gemma"]),
-        "--config",
-        "int8",
-        "--output",
-        str(tmp_path / "o"),
-        "--format",
-        "preset,onnx",
+    code, _, err = apply(
+        capsys, str(float_presets["gemma"]), "int8", str(tmp_path / "o"), "--format", "preset,onnx"
     )
     assert_one_line_error(code, err, "unknown output format 'onnx'")
 
@@ -128,17 +98,7 @@ def test_strict_rule_matching_nothing(capsys, tmp_path, float_presets):
 
 def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path, float_presets):
     out = tmp_path / "o"
-    code, stdout, _ = run(
-        capsys,
-        "apply",
-        "--preset",
-        str(float_presets["llama3"]),
-        "--config",
-        "mixed",
-        "--output",
-        str(out),
-        "--dry-run",
-    )
+    code, stdout, _ = apply(capsys, str(float_presets["llama3"]), "mixed", str(out), "--dry-run")
     assert code == 0
     assert "transformer_layer_0/self_attention/query" in stdout and "attn.q" in stdout
     assert "quantized layers (recipe llama3)" in stdout
@@ -205,14 +165,10 @@ def test_cli_error_in_a_fresh_process_has_no_traceback(tmp_path):
 
 def test_report_json_has_roles_and_totals(capsys, tmp_path, float_presets):
     report = tmp_path / "report.json"
-    code, _, _ = run(
+    code, _, _ = apply(
         capsys,
-        "apply",
-        "--preset",
         str(float_presets["gemma"]),
-        "--config",
         "int4",
-        "--output",
         str(tmp_path / "o"),
         "--report",
         str(report),
