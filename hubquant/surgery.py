@@ -20,13 +20,13 @@ from hubquant.plan import Plan, PlanEntry
 def swap_layers(backbone, plan: Plan) -> None:
     """Give every planned layer its hubquant class and specs; outputs unchanged."""
     for attr, entries in plan.layers().items():
-        _adopt(_layer_at(backbone, attr), entries)
+        _adopt(layer_at(backbone, attr), entries)
 
 
 def quantize_layers(backbone, plan: Plan, on_layer=None) -> None:
     """Run each swapped layer's ``quantize()`` hook as the Plan says."""
     for attr, entries in plan.layers().items():
-        layer = _layer_at(backbone, attr)
+        layer = layer_at(backbone, attr)
         layer.quantize(entries[0].mode)
         if on_layer is not None:
             on_layer(entries)
@@ -35,7 +35,7 @@ def quantize_layers(backbone, plan: Plan, on_layer=None) -> None:
 def build_skeleton(backbone, plan: Plan) -> None:
     """Re-create planned layers directly in quantized form, before weights load."""
     for attr, entries in plan.layers().items():
-        layer = _layer_at(backbone, attr)
+        layer = layer_at(backbone, attr)
         _adopt(layer, entries)
         layer._tracker.unlock()
         try:
@@ -50,10 +50,7 @@ def build_skeleton(backbone, plan: Plan) -> None:
 
 
 def layer_at(backbone, attr: str):
-    return _layer_at(backbone, attr)
-
-
-def _layer_at(backbone, attr: str):
+    """The layer at a Plan entry's attribute path from the backbone."""
     obj = backbone
     for part in attr.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
