@@ -21,10 +21,11 @@ def apply(
     report: str | None = None,
 ) -> int:
     """Load a float preset, quantize it as the config says, save it."""
-    from hubquant import api
+    from hubquant import api, stream
     from hubquant import report as report_mod
     from hubquant.config import load_config
     from hubquant.io.output import check_target
+    from hubquant.progress import Progress
     from hubquant.recipe import get_recipe
     from hubquant.source import load_source
     from hubquant.synthetic import DEFAULT_PRESET
@@ -49,32 +50,29 @@ def apply(
         say(
             f"using the built-in preset '{DEFAULT_PRESET}': synthetic random weights; it shows the pipeline, not a useful model"
         )
-    model = load_source(preset)
-    plan = api.plan_for(model, config_obj, recipe_obj, strict=strict)
+    if preset == DEFAULT_PRESET:
+        model = load_source(preset)
+        plan = api.plan_for(model, config_obj, recipe_obj, strict=strict)
+    else:  # read as quantized, layer by layer: the float model is never held
+        pending = stream.prepare(preset, config_obj, recipe_obj, strict=strict)
+        model, plan = None, pending.plan
     if dry_run:
         print(report_mod.plan_table(plan))
         return 0
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
-    seconds = _quantize_with_progress(model, plan, quiet)
+    with Progress(plan, quiet=quiet) as progress:
+        if model is None:
+            model = stream.read_quantized(pending, on_layer=progress)
+        else:
+            api.apply_plan(model, plan, on_layer=progress)
+    seconds = progress.seconds
     api.save(model, output, format_list, overwrite=overwrite)
     say(report_mod.role_table(plan, seconds))
     if report:
         Path(report).write_text(json.dumps(report_mod.role_report(plan, seconds), indent=1))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0
-
-
-def _quantize_with_progress(model, plan, quiet: bool) -> dict[str, float]:
-    from hubquant import api
-    from hubquant.progress import Progress
-
-    progress = Progress(plan, quiet=quiet)
-    try:
-        api.apply_plan(model, plan, on_layer=progress)
-    finally:
-        progress.close()
-    return progress.seconds
 
 
 def _formats(text: str) -> tuple[str, ...]:

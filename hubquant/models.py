@@ -44,14 +44,19 @@ class HubquantBackboneMixin:
 
     @classmethod
     def from_config(cls, config):
+        from hubquant.stream import deferred_variables
         from hubquant.surgery import build_skeleton
 
         config = dict(config)
         plan = Plan.from_dict(config.pop("hubquant")["plan"])
         if config.get("dtype") is None:
             config["dtype"] = dtype_map(plan)
-        backbone = super().from_config(config)
+        with deferred_variables():  # float matrices the Plan replaces never allocate
+            backbone = super().from_config(config)
         build_skeleton(backbone, plan)
+        for variable in backbone.weights:
+            if variable._value is None:
+                variable._deferred_initialize()
         object.__setattr__(backbone, "hubquant_plan", plan)
         return backbone
 

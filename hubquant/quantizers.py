@@ -40,15 +40,47 @@ def num_groups(k: int, group_size: int) -> int:
     return 1 if group_size == -1 else -(-k // group_size)
 
 
-def quantize_int8(w: np.ndarray) -> QuantizedMatrix:
+class RowReader:
+    """Rows of an ``[N, K]`` float matrix, read on demand as float32.
+
+    Quantizers take a reader or an array: both are consumed in the same
+    blocks of rows, so a matrix read lazily (from a weights file, block by
+    block) quantizes to exactly the bytes the whole matrix in memory gives.
+    """
+
+    def __init__(self, shape: tuple[int, int], read):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._read = read
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(self._read(start, stop), dtype=np.float32)
+
+
+def as_rows(w) -> RowReader:
+    """A reader over an array (or a reader, unchanged)."""
+    if isinstance(w, RowReader):
+        return w
+    w = np.asarray(w)
+    return RowReader(w.shape, lambda start, stop: w[start:stop])
+
+
+def quantize(w, mode: str, group_size: int = -1, symmetric: bool = True) -> QuantizedMatrix:
+    """``quantize_int8`` or ``quantize_int4``, by mode name."""
+    if mode == "int8":
+        return quantize_int8(w)
+    return quantize_int4(w, group_size, symmetric)
+
+
+def quantize_int8(w) -> QuantizedMatrix:
     """Symmetric int8, one scale per output row: abs-max, then a least-squares
     scale for the rounded codes (never clipped: outlier weights stay exact).
 
-    Plain NumPy over bounded chunks of rows: a few passes, nothing to compile.
+    Plain NumPy over bounded blocks of rows: a few passes, nothing to compile.
     """
-    w = np.asarray(w, np.float32)
-    rows = max(1, _CHUNK_ELEMENTS // max(1, w.shape[1]))
-    parts = [_int8_rows(w[i : i + rows]) for i in range(0, w.shape[0], rows)]
+    rows = as_rows(w)
+    n, k = rows.shape
+    step = max(1, _CHUNK_ELEMENTS // max(1, k))
+    parts = [_int8_rows(rows(i, min(n, i + step))) for i in range(0, n, step)]
     codes, scale = (np.concatenate(p) for p in zip(*parts, strict=True))
     return QuantizedMatrix(codes, scale, None)
 
@@ -64,18 +96,35 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), np.where(denom > 0, ls, scale).astype(np.float32)
 
 
-def quantize_int4(w: np.ndarray, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
-    """Group-wise int4 with a clipping search; codes packed two per byte."""
-    w = np.asarray(w, np.float32)
-    n, k = w.shape
+def quantize_int4(w, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
+    """Group-wise int4 with a clipping search; codes packed two per byte.
+
+    Rows are read and quantized in blocks of about ``_CHUNK_ELEMENTS`` values;
+    every block but the last has the same compiled shape.
+    """
+    rows = as_rows(w)
+    n, k = rows.shape
     gs = k if group_size == -1 else group_size
     g = num_groups(k, group_size)
-    padded = np.zeros((n, g * gs), np.float32)
-    padded[:, :k] = w
+    step = max(1, _CHUNK_ELEMENTS // (g * gs))
+    bucket = max(_MIN_CHUNK_GROUPS, 1 << (min(n, step) * g - 1).bit_length())
     fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=CLIP_RATIOS)
-    codes, scale, zero = _map_rows(fn, padded.reshape(n, g, gs))
-    codes = codes.reshape(n, g * gs)[:, :k]
-    return QuantizedMatrix(pack_int4(codes), scale, None if symmetric else zero)
+    parts = []
+    for start in range(0, n, step):
+        block = rows(start, min(n, start + step))
+        codes, scale, zero = _int4_rows(fn, block, g, gs, bucket)
+        parts.append((pack_int4(codes), scale, zero))
+    codes, scale, zero = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return QuantizedMatrix(codes, scale, None if symmetric else zero)
+
+
+def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int):
+    """One block of rows: padded to whole groups, run as ``bucket`` groups."""
+    r, k = w.shape
+    flat = np.zeros((bucket, 1, gs), np.float32)
+    flat[: r * g].reshape(r, g * gs)[:, :k] = w
+    codes, scale, zero = (np.asarray(p)[: r * g] for p in fn(jnp.asarray(flat)))
+    return codes.reshape(r, g * gs)[:, :k], scale.reshape(r, g), zero.reshape(r, g)
 
 
 def pack_int4(codes: np.ndarray) -> np.ndarray:
@@ -109,27 +158,6 @@ def dequantize(matrix: QuantizedMatrix, k: int, group_size: int | None = None) -
     if matrix.zero is not None:
         grouped = grouped - matrix.zero[..., None].astype(np.float32)
     return (grouped * matrix.scale[..., None]).reshape(n, g * gs)[:, :k]
-
-
-def _map_rows(fn, x: np.ndarray):
-    """Apply a compiled per-group function to ``x`` ``[rows, G, gs]``.
-
-    Groups are independent, so they are flattened and processed in chunks of
-    one fixed size (the last one zero-padded): one compilation per group size.
-    """
-    rows, g, gs = x.shape
-    flat = x.reshape(rows * g, 1, gs)
-    # Chunk sizes are powers of two, so few distinct shapes are ever compiled.
-    bucket = max(_MIN_CHUNK_GROUPS, 1 << (flat.shape[0] - 1).bit_length())
-    chunk = max(1, min(_CHUNK_ELEMENTS // gs, bucket))
-    parts = []
-    for start in range(0, flat.shape[0], chunk):
-        block = flat[start : start + chunk]
-        if block.shape[0] < chunk:
-            block = np.concatenate([block, np.zeros((chunk - block.shape[0], 1, gs), block.dtype)])
-        parts.append([np.asarray(p) for p in fn(jnp.asarray(block))])
-    codes, scale, zero = (np.concatenate(p)[: rows * g] for p in zip(*parts, strict=True))
-    return codes.reshape(rows, g, gs), scale.reshape(rows, g), zero.reshape(rows, g)
 
 
 @functools.partial(jax.jit, static_argnames=("symmetric", "bits", "ratios"))

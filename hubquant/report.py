@@ -59,7 +59,17 @@ def role_report(plan: Plan, seconds: dict[str, float] | None = None) -> dict:
     totals = plan.totals()
     totals["ratio"] = totals["bytes_before"] / max(1, totals["bytes_after"])
     totals["seconds"] = sum((seconds or {}).values()) if seconds else None
+    totals["largest_block_bytes"] = largest_block_bytes(plan)
     return {"recipe": plan.recipe, "roles": roles, "total": totals}
+
+
+def largest_block_bytes(plan: Plan) -> int:
+    """Float bytes of the planned matrices of the largest transformer block."""
+    blocks: dict[int, int] = {}
+    for e in plan.entries:
+        if e.block is not None:
+            blocks[e.block] = blocks.get(e.block, 0) + e.bytes_before
+    return max(blocks.values(), default=0)
 
 
 def totals_line(plan: Plan) -> str:

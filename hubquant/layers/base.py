@@ -9,6 +9,8 @@ orientation (output channels by reduction length) and held as three variables:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,11 +57,25 @@ class MatrixSpec:
         return shapes
 
 
+@dataclass(frozen=True)
+class FloatMatrix:
+    """Where a float matrix lives in a layer and how it maps to ``[N, K]``.
+
+    ``to_matrix`` turns the float value as stored (Keras layout) into the
+    float32 ``[N, K]`` matrix. For a 2-D value, ``row_axis`` is the stored
+    axis that indexes ``N``, so a large value can be read a block of rows at
+    a time.
+    """
+
+    attr: str
+    to_matrix: Callable[[object], np.ndarray]
+    row_axis: int | None = None
+
+
 class QuantizedLayerMixin:
     """Hook plumbing shared by hubquant's Dense, EinsumDense and embeddings.
 
-    Subclasses define ``_float_matrices()``: matrix name -> (float variable
-    attribute, function giving the ``[N, K]`` float32 matrix).
+    Subclasses define ``_float_matrices()``: matrix name -> ``FloatMatrix``.
     """
 
     hubquant_specs: dict  # matrix name -> MatrixSpec, set before quantize/build
@@ -87,10 +103,13 @@ class QuantizedLayerMixin:
             raise ValueError(f"Layer '{self.path}' is already quantized.")
         self._tracker.unlock()
         try:
+            floats = self._float_matrices()
             for name, spec in self.hubquant_specs.items():
-                attr, to_matrix = self._float_matrices()[name]
-                matrix = values.get(name) or _quantize(to_matrix(), spec)
-                self._drop_variable(attr)
+                fm = floats[name]
+                matrix = values.get(name)
+                if matrix is None:
+                    matrix = _quantize(fm.to_matrix(getattr(self, fm.attr)), spec)
+                self._drop_variable(fm.attr)
                 self._build_matrix(name, spec, matrix)
             self._is_quantized = True
         finally:
@@ -163,7 +182,48 @@ class QuantizedLayerMixin:
         for i, var in enumerate(self.quantized_variables()):
             store[str(i)] = var
 
+    # -- streaming ------------------------------------------------------------
+    def stream_from_float(self, mode: str, read, done=None, float_class: str = "") -> None:
+        """Quantize while loading: the next ``load_own_variables`` gets the
+        float layer's store, and each planned matrix goes straight from
+        ``read(store, key, FloatMatrix)`` to its quantized variables; then
+        ``done()`` is called.
+
+        Keras names a layer held in a list after its class, so until then the
+        layer answers to its float class name ``float_class``.
+        """
+        order: dict = {}
+        super().save_own_variables(order)  # the float layer's keys, no values read
+        self._hubquant_stream = (mode, order, read, done, type(self))
+        if float_class and float_class != type(self).__name__:
+            self.__class__ = _named(type(self), float_class)
+
+    def _load_streamed(self, store) -> None:
+        mode, order, read, done, cls = self._hubquant_stream
+        if len(store.keys()) != len(order):  # Keras tries other paths first
+            raise ValueError(
+                f"Layer '{self.path}' expects {len(order)} float variables, "
+                f"but the file holds {len(store.keys())}."
+            )
+        floats = self._float_matrices()
+        planned = {id(getattr(self, floats[n].attr)): n for n in self.hubquant_specs}
+        values = {}
+        for key, var in order.items():
+            name = planned.get(id(var))
+            if name is None:
+                var.assign(store[key])
+            else:
+                rows = read(store, key, floats[name])
+                values[name] = _quantize(rows, self.hubquant_specs[name])
+        self.__class__ = cls
+        self.quantize(mode, values=values)
+        del self._hubquant_stream
+        if done is not None:
+            done()
+
     def load_own_variables(self, store):
+        if "_hubquant_stream" in self.__dict__:
+            return self._load_streamed(store)
         if not getattr(self, "_is_quantized", False):
             return super().load_own_variables(store)
         variables = self.quantized_variables()
@@ -207,6 +267,12 @@ class QuantizedLayerMixin:
         return {name: asdict(spec) for name, spec in self.hubquant_specs.items()}
 
 
+@functools.cache
+def _named(cls: type, name: str) -> type:
+    """``cls`` under another class name (for the paths Keras derives from it)."""
+    return type(name, (cls,), {"__module__": cls.__module__})
+
+
 def specs_from_config(config: dict | None) -> dict:
     return {name: MatrixSpec(**spec) for name, spec in (config or {}).items()}
 
@@ -221,10 +287,8 @@ def source_dtype_of(layer) -> str:
     return policy.name
 
 
-def _quantize(matrix: np.ndarray, spec: MatrixSpec) -> quantizers.QuantizedMatrix:
-    if spec.mode == "int8":
-        return quantizers.quantize_int8(matrix)
-    return quantizers.quantize_int4(matrix, spec.group_size, spec.symmetric)
+def _quantize(matrix, spec: MatrixSpec) -> quantizers.QuantizedMatrix:
+    return quantizers.quantize(matrix, spec.mode, spec.group_size, spec.symmetric)
 
 
 class _Given:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from hubquant.layers.base import QuantizedLayerMixin
+from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 from hubquant.layers.layout import KernelLayout
 
 
@@ -13,7 +13,9 @@ class _QuantProjection(QuantizedLayerMixin):
     """Forward and hooks shared by both projection layers."""
 
     def _float_matrices(self):
-        return {"kernel": ("_kernel", lambda: self.layout.to_matrix(self._kernel))}
+        layout = self.layout
+        rows = layout.output_axes[0] if len(layout.shape) == 2 else None
+        return {"kernel": FloatMatrix("_kernel", layout.to_matrix, rows)}
 
     @property
     def kernel(self):

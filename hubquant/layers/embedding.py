@@ -9,20 +9,18 @@ codes of the requested rows and dequantize only those. An untied LM head
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 from keras.layers import ReversibleEmbedding
 
-from hubquant.layers.base import QuantizedLayerMixin
+from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 
 
 class _QuantTable(QuantizedLayerMixin):
     def _float_matrices(self):
-        matrices = {"embeddings": ("_embeddings", lambda: _f32(self._embeddings))}
+        matrices = {"embeddings": FloatMatrix("_embeddings", _f32, 0)}
         if getattr(self, "reverse_embeddings", None) is not None:
-            matrices["reverse"] = (
-                "reverse_embeddings",
-                lambda: _f32(self.reverse_embeddings).T,
-            )
+            matrices["reverse"] = FloatMatrix("reverse_embeddings", _f32_transposed, 1)
         return matrices
 
     def _build_float_matrices(self, dtype: str) -> None:
@@ -107,7 +105,10 @@ class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
     _int4_call = _quantized_forward
 
 
-def _f32(variable):
-    import numpy as np
+def _f32(value) -> np.ndarray:
+    return ops.convert_to_numpy(value).astype(np.float32)
 
-    return ops.convert_to_numpy(variable).astype(np.float32)
+
+def _f32_transposed(value) -> np.ndarray:
+    """``[hidden, vocab]`` head as ``[vocab, hidden]`` float32 (a view)."""
+    return _f32(value).T

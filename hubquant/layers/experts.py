@@ -15,7 +15,7 @@ import functools
 import numpy as np
 from keras import ops
 
-from hubquant.layers.base import QuantizedLayerMixin
+from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 
 
 @functools.cache
@@ -47,17 +47,15 @@ class QuantExpertsMixin(QuantizedLayerMixin):
         return ops.transpose(ops.reshape(w, (experts, n, k)), (0, 2, 1))
 
     def _float_matrices(self):
-        return {
-            name: (name, functools.partial(_canonical, self, name)) for name in self.hubquant_specs
-        }
+        return {name: FloatMatrix(name, _canonical) for name in self.hubquant_specs}
 
     def float_weights(self) -> list:
         return [self._bank(name) for name in self.hubquant_specs]
 
 
-def _canonical(layer, name: str) -> np.ndarray:
+def _canonical(value) -> np.ndarray:
     """``[experts, in, out]`` float weights as ``[experts * out, in]`` float32."""
-    w = ops.convert_to_numpy(getattr(layer, name))
+    w = ops.convert_to_numpy(value)
     experts, k, n = w.shape
     return np.ascontiguousarray(np.transpose(w, (0, 2, 1)), dtype=np.float32).reshape(
         experts * n, k

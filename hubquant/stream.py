@@ -1,0 +1,238 @@
+"""Quantize a preset while reading it: the float model is never held whole.
+
+The task model is built from the preset's config with its variables left
+unallocated (Keras' deferred initialisation), the Plan is resolved from their
+shapes alone, and the weights are then read one layer at a time. A planned
+layer turns each float matrix it reads straight into quantized variables
+(large ones a block of rows at a time), so the float value lives only while
+that layer loads. The result is bitwise equal to loading the whole float
+model and quantizing it in memory: both read the same float values and run
+the same quantizer over the same blocks of rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import keras
+import ml_dtypes
+import numpy as np
+from keras.src.backend.common import global_state
+
+from hubquant import api, models, surgery
+from hubquant.errors import PresetError
+from hubquant.layers.base import FloatMatrix
+from hubquant.plan import Plan
+from hubquant.quantizers import RowReader
+
+# A float value at most this large is read whole; larger ones by rows.
+WHOLE_BYTES = 256 << 20
+
+
+@dataclass
+class Pending:
+    """A preset's model built without weights, its Plan resolved."""
+
+    model: object
+    plan: Plan
+    loader: object
+    float_classes: dict  # planned layer attr -> its float class name
+
+
+def stream_quantize(preset: str, config, recipe=None, strict: bool = False, on_layer=None):
+    """``(model, plan)``: the preset quantized as it is read."""
+    pending = prepare(preset, config, recipe, strict)
+    return read_quantized(pending, on_layer), pending.plan
+
+
+def prepare(preset: str, config, recipe=None, strict: bool = False) -> Pending:
+    """Build the model unallocated and resolve its Plan: nothing is read yet."""
+    model, loader = build_unloaded(preset)
+    plan = api.plan_for(model, config, recipe, strict=strict)
+    backbone = api.backbone_of(model)
+    float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
+    return Pending(model, plan, loader, float_classes)
+
+
+def read_quantized(pending: Pending, on_layer=None):
+    """Read the weights, quantizing planned layers as they arrive."""
+    model, plan = pending.model, pending.plan
+    surgery.swap_layers(api.backbone_of(model), plan)
+    if _is_keras_preset(pending.loader):
+        _stream_keras(model, pending.loader, plan, on_layer, pending.float_classes)
+    else:
+        _stream_converted(model, pending.loader, plan, on_layer)
+    _check_complete(model, pending.loader.preset)
+    models.mark_quantized(model, plan)
+    return model
+
+
+def build_unloaded(preset: str):
+    """``(model, preset loader)``: the float task (or backbone), unallocated."""
+    import keras_hub
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    from hubquant.source import _check_local, _first_line, saved_dtype
+
+    _check_local(preset)
+    kwargs = {"dtype": dtype} if (dtype := saved_dtype(preset)) else {}
+    try:
+        loader = get_preset_loader(preset)
+        with deferred_variables():
+            backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=False, **kwargs)
+        try:  # the task's own layers are small: built as usual
+            model = keras_hub.models.CausalLM.from_preset(
+                preset, backbone=backbone, load_weights=False
+            )
+        except ValueError as e:
+            if "Unable to find a subclass" not in str(e):
+                raise
+            model = backbone
+    except PresetError:
+        raise
+    except Exception as e:
+        raise PresetError(_first_line(preset, e)) from None
+    return model, loader
+
+
+@contextlib.contextmanager
+def deferred_variables():
+    """Variables created inside hold no memory until they are given a value.
+
+    Keras registers them for a later global initialisation; they are taken
+    off that list here, so only hubquant decides when each one is filled.
+    """
+    before = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    with keras.StatelessScope(initialize_variables=False):
+        yield
+    global_state.set_global_attribute("uninitialized_variables", before)
+
+
+def set_value(variable, value) -> None:
+    """Assign, or initialise a deferred variable directly with ``value``."""
+    if variable._value is None:
+        variable._initializer = lambda shape, dtype=None: value
+        variable._deferred_initialize()
+    else:
+        variable.assign(value)
+
+
+# -- KerasHub presets: Keras' own weight loading, one layer at a time ---------
+def _is_keras_preset(loader) -> bool:
+    from keras_hub.src.utils.preset_utils import KerasPresetLoader
+
+    return isinstance(loader, KerasPresetLoader)
+
+
+def _stream_keras(model, loader, plan: Plan, on_layer, float_classes: dict) -> None:
+    from keras_hub.src.utils.preset_utils import TASK_WEIGHTS_FILE, check_file_exists, get_file
+
+    backbone = api.backbone_of(model)
+    planned = set()
+    for attr, entries in plan.layers().items():
+        layer = surgery.layer_at(backbone, attr)
+        done = _done(on_layer, entries)
+        layer.stream_from_float(entries[0].mode, read_matrix, done, float_classes[attr])
+        planned |= {id(getattr(layer, fm.attr)) for fm in _planned_floats(layer)}
+    for variable in model.weights:
+        if variable._value is None and id(variable) not in planned:
+            set_value(variable, np.zeros(variable.shape, variable.dtype))
+    try:
+        loader._load_backbone_weights(backbone)  # single file or shards, as KerasHub does
+    except ValueError as e:
+        _check_complete(model, loader.preset)  # names a planned layer left unread
+        raise PresetError(f"preset '{loader.preset}' weights do not fit: {_line(e)}") from None
+    if model is not backbone and check_file_exists(loader.preset, TASK_WEIGHTS_FILE):
+        model.load_task_weights(get_file(loader.preset, TASK_WEIGHTS_FILE))
+
+
+def read_matrix(store, key: str, fm: FloatMatrix):
+    """The float ``[N, K]`` matrix under ``key``: whole, or rows on demand."""
+    dataset = _dataset(store, key)
+    if dataset is None or fm.row_axis is None or dataset.nbytes <= WHOLE_BYTES:
+        return fm.to_matrix(store[key])
+    bf16 = dataset.attrs.get("dtype") == "bfloat16"
+
+    def read(start: int, stop: int) -> np.ndarray:
+        part = dataset[start:stop] if fm.row_axis == 0 else dataset[:, start:stop]
+        part = part.view(ml_dtypes.bfloat16) if bf16 else part
+        return part if fm.row_axis == 0 else part.T
+
+    return RowReader((dataset.shape[fm.row_axis], dataset.shape[1 - fm.row_axis]), read)
+
+
+def _dataset(store, key: str):
+    """The h5py dataset behind a Keras weights store entry, if there is one."""
+    import h5py
+
+    group = getattr(store, "_h5_entry_group", None)
+    if isinstance(group, h5py.Group) and key in group:
+        value = group[key]
+        return value if isinstance(value, h5py.Dataset) and value.ndim == 2 else None
+    return None
+
+
+# -- Hugging Face folders: KerasHub's converters, quantizing as layers fill ---
+def _stream_converted(model, loader, plan: Plan, on_layer) -> None:
+    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+    backbone = api.backbone_of(model)
+    waiting = {}  # id(float matrix variable) -> (layer, entries)
+    for attr, entries in plan.layers().items():
+        layer = surgery.layer_at(backbone, attr)
+        for fm in _planned_floats(layer):
+            waiting[id(getattr(layer, fm.attr))] = (layer, entries)
+
+    def port_weight(keras_variable, hf_weight_key, hook_fn=None):
+        tensor = hf.get_tensor(hf_weight_key)
+        if hook_fn:
+            tensor = hook_fn(tensor, list(keras_variable.shape))
+        set_value(keras_variable, tensor)
+        owner = waiting.get(id(keras_variable))
+        if owner is not None and _filled(owner[0]):
+            _quantize_now(*owner, on_layer)
+
+    with SafetensorLoader(loader.preset) as hf:
+        hf.port_weight = port_weight
+        loader.converter.convert_weights(backbone, hf, loader.config)
+    for layer, entries in {id(o[0]): o for o in waiting.values()}.values():
+        if not getattr(layer, "_is_quantized", False):
+            if not _filled(layer):
+                raise PresetError(f"preset '{loader.preset}' has no weights for '{layer.path}'.")
+            _quantize_now(layer, entries, on_layer)
+
+
+def _planned_floats(layer) -> list[FloatMatrix]:
+    floats = layer._float_matrices()
+    return [floats[name] for name in layer.hubquant_specs]
+
+
+def _filled(layer) -> bool:
+    return all(getattr(layer, fm.attr)._value is not None for fm in _planned_floats(layer))
+
+
+def _quantize_now(layer, entries, on_layer) -> None:
+    layer.quantize(entries[0].mode)
+    if on_layer is not None:
+        on_layer(entries)
+
+
+def _done(on_layer, entries):
+    return None if on_layer is None else (lambda: on_layer(entries))
+
+
+def _line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_complete(model, preset: str) -> None:
+    """Every planned layer was read; other variables the preset did not
+    fill keep their initialiser's values, as ``from_preset`` leaves them."""
+    missing = [layer.path for layer in model._flatten_layers() if "_hubquant_stream" in vars(layer)]
+    if missing:
+        raise PresetError(f"preset '{preset}' has no weights for '{missing[0]}'.")
+    for variable in model.weights:
+        if variable._value is None:
+            variable._deferred_initialize()

@@ -1,0 +1,120 @@
+"""Streaming apply: quantizing while reading gives the in-memory result, bit for bit.
+
+The reference is always the plain path: ``from_preset`` loads the whole float
+model, ``hubquant.quantize`` quantizes it in memory.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from hubquant import api, quantizers, stream, synthetic
+from hubquant.errors import PresetError
+from hubquant.source import load_source
+
+
+def _reference(preset, config):
+    model = load_source(str(preset))  # from_preset, in the preset's saved dtype
+    api.quantize(model, config)
+    return model
+
+
+def _assert_same(streamed, reference):
+    paths = [w.path for w in reference.weights]
+    assert [w.path for w in streamed.weights] == paths
+    for a, b in zip(streamed.weights, reference.weights, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and np.array_equal(a, b), a
+
+
+@pytest.mark.parametrize(
+    ("family", "config"), [("gemma", "int4"), ("llama3", "mixed"), ("llama3", "int8")]
+)
+def test_streamed_equals_in_memory(float_presets, family, config):
+    model, plan = stream.stream_quantize(str(float_presets[family]), config)
+    _assert_same(model, _reference(float_presets[family], config))
+    assert plan.quantized
+
+
+def test_large_values_read_by_rows(float_presets, monkeypatch):
+    """Every 2-D value read a block of rows at a time (embedding rows, kernel
+    and untied head columns), in several quantizer blocks: same bytes."""
+    monkeypatch.setattr(stream, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(quantizers, "_CHUNK_ELEMENTS", 4096)
+    reads = []
+    original = quantizers.RowReader.__call__
+    monkeypatch.setattr(
+        quantizers.RowReader,
+        "__call__",
+        lambda self, a, b: reads.append(b - a) or original(self, a, b),
+    )
+    model, _ = stream.stream_quantize(str(float_presets["llama3"]), "int4")
+    assert reads and max(reads) < 256
+    _assert_same(model, _reference(float_presets["llama3"], "int4"))
+
+
+@pytest.fixture(scope="module")
+def bf16_preset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bf16") / "gemma"
+    synthetic.gemma_causal_lm(seed=3, dtype="bfloat16").save_to_preset(str(path))
+    return path
+
+
+def test_bf16_preset_keeps_float_layers_bf16(bf16_preset):
+    model, plan = stream.stream_quantize(str(bf16_preset), "int8")
+    norms = [w for w in model.weights if w.path.endswith("norm/scale")]
+    assert norms and {w.dtype for w in norms} == {"bfloat16"}
+    assert plan.dtype == "bfloat16"
+    _assert_same(model, _reference(bf16_preset, "int8"))
+
+
+def test_sharded_preset(tmp_path):
+    preset = tmp_path / "sharded"
+    synthetic.llama3_causal_lm(seed=1).save_to_preset(str(preset), max_shard_size=0.0002)
+    assert len(list(preset.glob("model*.weights.h5"))) > 1
+    model, _ = stream.stream_quantize(str(preset), "int4")
+    _assert_same(model, _reference(preset, "int4"))
+
+
+def test_streamed_model_saves_and_reloads(float_presets, tmp_path, inputs):
+    model, _ = stream.stream_quantize(str(float_presets["gemma"]), "int4")
+    api.save(model, tmp_path / "out")
+    again = api.load(tmp_path / "out")
+    for a, b in zip(model.weights, again.weights, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert isinstance(again.generate("a b", max_length=6), str)
+
+
+def test_missing_layer_in_weights_file(float_presets, tmp_path):
+    import shutil
+
+    preset = tmp_path / "damaged"
+    shutil.copytree(float_presets["gemma"], preset)
+    with h5py.File(preset / "model.weights.h5", "a") as f:
+        names = []
+        f.visit(lambda n: names.append(n) if n.endswith("ffw_linear/vars") else None)
+        del f[names[0]]
+    with pytest.raises(PresetError, match=r"has no weights for 'decoder_block_\d/ffw_linear'"):
+        stream.stream_quantize(str(preset), "int8")
+
+
+def test_dry_run_reads_no_weights(float_presets, tmp_path, monkeypatch):
+    """The Plan comes from shapes alone: a dry run opens no weights file."""
+    import shutil
+
+    preset = tmp_path / "no_weights"
+    shutil.copytree(float_presets["gemma"], preset)
+    (preset / "model.weights.h5").unlink()
+    pending = stream.prepare(str(preset), "int4")
+    assert pending.plan.totals()["params"] > 0
+    assert all(w._value is None for w in pending.model.backbone.weights)
+
+
+def test_hugging_face_folder(fresh, tmp_path):
+    """A float Hugging Face folder streams through KerasHub's own converter."""
+    folder = tmp_path / "hf"
+    fresh("llama3").export_to_transformers(str(folder))
+    model, _ = stream.stream_quantize(str(folder), "int4")
+    _assert_same(model, _reference(folder, "int4"))
