@@ -135,8 +135,6 @@ def _specs(shard: dict) -> dict:
 
 
 def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
-    from safetensors import safe_open
-
     if path.is_dir():
         if (path / INDEX_FILE).is_file():
             index = json.loads((path / INDEX_FILE).read_text())
@@ -145,13 +143,24 @@ def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
             files = [path / SINGLE_FILE]
     else:
         files = [path]
-    try:
-        with safe_open(str(files[0]), framework="numpy") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:
-        raise ArtefactError(f"'{files[0]}' is not a readable safetensors file: {e}") from None
+    with _open(files[0]) as f:
+        metadata = f.metadata() or {}
     _check_metadata(files[0], metadata)
     return files, metadata
+
+
+def _open(file: Path):
+    """``safe_open`` (which reads the header); unreadable files name themselves."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise ArtefactError(f"'{file}' not found.")
+    try:
+        return safe_open(str(file), framework="numpy")
+    except Exception as e:
+        raise ArtefactError(
+            f"'{file}' is truncated or corrupt: not a readable safetensors file ({e})."
+        ) from None
 
 
 def _check_metadata(file: Path, metadata: dict) -> None:
@@ -170,10 +179,8 @@ def _check_metadata(file: Path, metadata: dict) -> None:
 
 
 def _read_shard(file: Path, variables: dict, assets: Path) -> set[str]:
-    from safetensors import safe_open
-
     assigned = set()
-    with safe_open(str(file), framework="numpy") as f:
+    with _open(file) as f:
         for name in f.keys():
             value = f.get_tensor(name)
             if name.startswith(PRESET_PREFIX):
