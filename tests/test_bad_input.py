@@ -88,6 +88,17 @@ def _lambda_archive(tmp: Path, _):
     model.save(str(tmp / "in" / "lambda.keras"))
 
 
+def _python_code_in_safetensors(tmp: Path, _):
+    """Replace the model config in ``{art}/model.safetensors`` by one with a Lambda."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
+    config = json.dumps(keras.saving.serialize_keras_object(model))
+    path = tmp / "art" / "model.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
+        meta = {**f.metadata(), "model_config": config}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata=meta)
+
+
 def _failing_write(error: OSError):
     """Make hubquant's safetensors writer fail after its first chunk of bytes."""
 
@@ -329,6 +340,12 @@ ROWS = {
         "'{in}/lambda.keras' holds Python code (e.g. a Lambda layer), which hubquant does "
         "not run: it loads with Keras' safe_mode on. It was not written by hubquant.",
         prepare=_lambda_archive,
+    ),
+    "safetensors_with_python_code": Row(
+        "export {art}/model.safetensors --output {out}",
+        "'{art}/model.safetensors' holds Python code (e.g. a Lambda layer), which hubquant "
+        "does not run: it loads with Keras' safe_mode on. It was not written by hubquant.",
+        prepare=_python_code_in_safetensors,
     ),
     "not_an_artefact": Row(
         "inspect {in}",

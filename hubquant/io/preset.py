@@ -145,14 +145,20 @@ def load_keras(path: Path):
     try:
         return keras.saving.load_model(str(path), safe_mode=True)
     except Exception as e:
-        if "safe_mode" in str(e):
-            raise ArtefactError(
-                f"'{path}' holds Python code (e.g. a Lambda layer), which hubquant does not "
-                "run: it loads with Keras' safe_mode on. It was not written by hubquant."
-            ) from None
-        corrupt = isinstance(e, (zipfile.BadZipFile, EOFError, OSError))
-        what = "is truncated or corrupt" if corrupt else "cannot be loaded"
-        raise ArtefactError(f"'{path}' {what}: {type(e).__name__}: {_line(e)}") from None
+        raise load_error(path, e, zipfile.BadZipFile) from None
+
+
+def load_error(path: Path, e: Exception, *corrupt: type) -> ArtefactError:
+    """One line for an artefact Keras failed to load (``corrupt``: exception types
+    that mean the file is damaged)."""
+    if "safe_mode" in str(e):
+        return ArtefactError(
+            f"'{path}' holds Python code (e.g. a Lambda layer), which hubquant does not "
+            "run: it loads with Keras' safe_mode on. It was not written by hubquant."
+        )
+    damaged = isinstance(e, (*corrupt, EOFError, OSError))
+    what = "is truncated or corrupt" if damaged else "cannot be loaded"
+    return ArtefactError(f"'{path}' {what}: {type(e).__name__}: {_line(e)}")
 
 
 def _from_preset(cls, folder: Path):
@@ -161,9 +167,7 @@ def _from_preset(cls, folder: Path):
     except ArtefactError:
         raise
     except Exception as e:  # a file that passed the checks above but does not read
-        raise ArtefactError(
-            f"'{folder}' cannot be loaded: {type(e).__name__}: {_line(e)}"
-        ) from None
+        raise load_error(folder, e) from None
 
 
 def _read_json(path: Path) -> dict:

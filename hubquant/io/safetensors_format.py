@@ -50,7 +50,7 @@ def save_safetensors(model, folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES
 def load_safetensors(path: Path):
     """Rebuild the quantized task (or backbone) from hubquant safetensors alone."""
     files, metadata = _files_and_metadata(path)
-    model = keras.saving.deserialize_keras_object(json.loads(metadata["model_config"]))
+    model = _rebuild(metadata, files[0])
     backbone = model.backbone if isinstance(model, Task) else model
     # Match tensors to variables by position: auto-generated layer names (and
     # so variable paths) can differ from one process to the next.
@@ -70,6 +70,17 @@ def load_safetensors(path: Path):
     if missing:
         raise ArtefactError(f"'{path}' lacks {len(missing)} tensors, e.g. '{missing[0]}'.")
     return model
+
+
+def _rebuild(metadata: dict, file: Path):
+    """The model skeleton from the metadata's config (Keras' safe_mode: no Python code)."""
+    from hubquant.io.preset import load_error
+
+    try:
+        config = json.loads(metadata["model_config"])
+        return keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as e:
+        raise load_error(file, e, json.JSONDecodeError) from None
 
 
 def is_safetensors_folder(folder: Path) -> bool:
