@@ -71,36 +71,38 @@ def _edit_metadata(tmp: Path, _):
     path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 99}))
 
 
-def _newer_safetensors(tmp: Path, _):
-    path = tmp / "art" / "model.safetensors"
-    with safe_open(str(path), framework="numpy") as f:
-        meta = {**f.metadata(), "format_version": "99"}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file(tensors, str(path), metadata=meta)
+def _restamp(**changes: Callable[[], str]):
+    """Rewrite ``{art}/model.safetensors`` with metadata keys replaced."""
+
+    def prepare(tmp: Path, _):
+        path = tmp / "art" / "model.safetensors"
+        with safe_open(str(path), framework="numpy") as f:
+            meta = {**f.metadata(), **{key: make() for key, make in changes.items()}}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        save_file(tensors, str(path), metadata=meta)
+
+    return prepare
 
 
 def _foreign_safetensors(tmp: Path, _):
     save_file({"w": np.zeros((2, 2), np.float32)}, str(tmp / "in" / "other.safetensors"))
 
 
+def _lambda_model() -> keras.Model:
+    return keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
+
+
 def _lambda_archive(tmp: Path, _):
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
-    model.save(str(tmp / "in" / "lambda.keras"))
+    _lambda_model().save(str(tmp / "in" / "lambda.keras"))
 
 
-def _python_code_in_safetensors(tmp: Path, _):
-    """Replace the model config in ``{art}/model.safetensors`` by one with a Lambda."""
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
-    config = json.dumps(keras.saving.serialize_keras_object(model))
-    path = tmp / "art" / "model.safetensors"
-    with safe_open(str(path), framework="numpy") as f:
-        meta = {**f.metadata(), "model_config": config}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file(tensors, str(path), metadata=meta)
+def _lambda_config() -> str:
+    return json.dumps(keras.saving.serialize_keras_object(_lambda_model()))
 
 
 def _failing_write(error: OSError):
-    """Make hubquant's safetensors writer fail after its first chunk of bytes."""
+    """Make hubquant's safetensors writer fail after its first chunk of bytes (the
+    row's message, which only this error gives, shows that the write was reached)."""
 
     class Fails:
         def __init__(self, file):
@@ -328,7 +330,7 @@ ROWS = {
         "inspect {art}/model.safetensors",
         "'{art}/model.safetensors' has format version 99, newer than this hubquant "
         "understands (1). Upgrade hubquant.",
-        prepare=_newer_safetensors,
+        prepare=_restamp(format_version=lambda: "99"),
     ),
     "foreign_safetensors": Row(
         "export {in}/other.safetensors --output {out}",
@@ -345,7 +347,7 @@ ROWS = {
         "export {art}/model.safetensors --output {out}",
         "'{art}/model.safetensors' holds Python code (e.g. a Lambda layer), which hubquant "
         "does not run: it loads with Keras' safe_mode on. It was not written by hubquant.",
-        prepare=_python_code_in_safetensors,
+        prepare=_restamp(model_config=_lambda_config),
     ),
     "not_an_artefact": Row(
         "inspect {in}",
@@ -356,17 +358,18 @@ ROWS = {
 
 @pytest.fixture(scope="module")
 def opt_preset(tmp_path_factory):
-    """A tiny backbone of an architecture no recipe serves."""
-    backbone = keras_hub.models.OPTBackbone(
-        vocabulary_size=64,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=32,
-    )
+    """The config of a KerasHub OPT preset (an architecture no recipe serves) and no
+    weights: hubquant must refuse it from config.json alone, before loading weights."""
     path = tmp_path_factory.mktemp("opt") / "opt"
-    backbone.save_to_preset(str(path))
+    path.mkdir()
+    dims = {"vocabulary_size": 64, "num_layers": 1, "num_heads": 2, "hidden_dim": 16}
+    config = {
+        "module": "keras_hub.src.models.opt.opt_backbone",
+        "class_name": "OPTBackbone",
+        "config": {**dims, "intermediate_dim": 32, "max_sequence_length": 32},
+        "registered_name": "keras_hub>OPTBackbone",
+    }
+    (path / "config.json").write_text(json.dumps(config))
     return path
 
 
