@@ -87,6 +87,8 @@ def read_metadata(folder: Path) -> dict:
             f"'{path}' has format version {meta['format_version']}, newer than this "
             f"hubquant understands ({FORMAT_VERSION}). Upgrade hubquant."
         )
+    if not isinstance(meta.get("plan"), dict) or not isinstance(meta.get("formats"), list):
+        raise ArtefactError(f"'{path}' is corrupt: it lacks the Plan or the list of formats.")
     return meta
 
 
