@@ -76,19 +76,12 @@ def save(
 
 def load(path: str | Path):
     """The quantized task model (or backbone) from a folder, ``.keras`` or ``.safetensors``."""
-    import keras
-
     from hubquant.errors import ArtefactError
-    from hubquant.io.preset import load_folder
+    from hubquant.io.preset import load_folder, load_keras
 
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":
-        try:
-            return keras.saving.load_model(str(path))
-        except Exception as e:
-            raise ArtefactError(
-                f"'{path}' cannot be loaded: {type(e).__name__}: {_line(e)}"
-            ) from None
+        return load_keras(path)
     if path.is_file() and path.suffix == ".safetensors":
         from hubquant.io.safetensors_format import load_safetensors
 
@@ -98,11 +91,6 @@ def load(path: str | Path):
     raise ArtefactError(
         f"'{path}' not found: expected a hubquant folder, a .keras or a .safetensors file."
     )
-
-
-def _line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def export(source: str | Path, output: str | Path, to: str = "hf", overwrite: bool = False) -> Path:

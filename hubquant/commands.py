@@ -50,6 +50,7 @@ def apply(
         say(
             f"using the built-in preset '{DEFAULT_PRESET}': synthetic random weights; it shows the pipeline, not a useful model"
         )
+    _check_recipe(preset, recipe_obj)  # before reading weights that no recipe serves
     if preset == DEFAULT_PRESET:
         model = load_source(preset)
         plan = api.plan_for(model, config_obj, recipe_obj, strict=strict)
@@ -59,6 +60,10 @@ def apply(
     if dry_run:
         print(report_mod.plan_table(plan))
         return 0
+    if "hf" in format_list:
+        from hubquant.io.hf_export import check_exportable
+
+        check_exportable(plan)  # before the minutes quantizing takes
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
     with Progress(plan, quiet=quiet) as progress:
@@ -70,9 +75,28 @@ def apply(
     api.save(model, output, format_list, overwrite=overwrite)
     say(report_mod.role_table(plan, seconds))
     if report:
-        Path(report).write_text(json.dumps(report_mod.role_report(plan, seconds), indent=1))
+        _write_report(Path(report), report_mod.role_report(plan, seconds))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0
+
+
+def _write_report(path: Path, data: dict) -> None:
+    from hubquant.errors import OutputError
+    from hubquant.io.output import reason
+
+    try:
+        path.write_text(json.dumps(data, indent=1))
+    except OSError as e:
+        raise OutputError(f"cannot write report '{path}': {reason(e)}") from None
+
+
+def _check_recipe(preset: str, recipe) -> None:
+    from hubquant.recipe import recipe_for_backbone
+    from hubquant.source import backbone_class_names
+
+    names = backbone_class_names(preset)
+    if names is not None:
+        recipe_for_backbone(names, extra=recipe)
 
 
 def _formats(text: str) -> tuple[str, ...]:

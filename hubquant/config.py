@@ -101,6 +101,20 @@ class Config:
                 return dataclasses.replace(self.default, **dict(rule.settings)), rule
         return self.default, None
 
+    def check_blocks(self, num_blocks: int) -> None:
+        """Refuse a block index that does not exist in a model with ``num_blocks``."""
+        for rule in self.rules:
+            for item in rule.match.blocks or ():
+                if isinstance(item, int) and not -num_blocks <= item < num_blocks:
+                    expected = (
+                        f"block index {item} is out of range: this model has {num_blocks} "
+                        f"blocks (indices {-num_blocks} to {num_blocks - 1})"
+                    )
+                    where = f"{self.source}: rule {rule.number}"
+                    raise ConfigError(
+                        message(where, "match.blocks", expected, list(rule.match.blocks))
+                    )
+
     def unmatched(self, seen: set[int]) -> list[Rule]:
         """Rules whose number is not in ``seen`` (numbers of rules that matched)."""
         return [rule for rule in self.rules if rule.number not in seen]

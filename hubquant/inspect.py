@@ -80,10 +80,11 @@ def _plan_summary(plan: Plan) -> dict:
 
 
 def _inspect_folder(folder: Path) -> dict:
-    from hubquant.io.preset import read_metadata
+    from hubquant.io.preset import check_weight_files, read_metadata
 
     meta = read_metadata(folder)
     missing = missing_files(folder, meta)
+    check_weight_files(folder)
     return {
         "path": str(folder),
         "kind": f"hubquant folder ({', '.join(meta.get('formats', []))})",
@@ -129,10 +130,11 @@ def _inspect_keras(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
             names = set(archive.namelist())
-    except (zipfile.BadZipFile, KeyError, ValueError) as e:
-        raise ArtefactError(f"'{path}' is not a readable .keras archive: {e}") from None
-    backbone = config["config"].get("backbone", config)
-    hub = backbone.get("config", {}).get("hubquant")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise ArtefactError(
+            f"'{path}' is truncated or corrupt: not a readable .keras archive ({e})."
+        ) from None
+    hub = _keras_plan(config)
     if hub is None:
         raise ArtefactError(f"'{path}' is a .keras archive without a hubquant Plan.")
     return {
@@ -144,6 +146,16 @@ def _inspect_keras(path: Path) -> dict:
         "missing": [] if "model.weights.h5" in names else ["model.weights.h5"],
         **_plan_summary(Plan.from_dict(hub["plan"])),
     }
+
+
+def _keras_plan(config: dict) -> dict | None:
+    """The hubquant entry of a saved task's (or backbone's) config, if any."""
+    try:
+        backbone = config["config"].get("backbone", config)
+        hub = backbone.get("config", {}).get("hubquant")
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return hub if isinstance(hub, dict) and "plan" in hub else None
 
 
 def _inspect_safetensors(path: Path) -> dict:

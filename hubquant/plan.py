@@ -147,10 +147,11 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
     from hubquant.layers.registry import matrix_shape, replacement_for, variable_shape
 
     blocks = _blocks(backbone, recipe)
+    config.check_blocks(len(blocks))
     entries, used_rules = [], set()
     for spec in recipe.roles:
         for block, owner, where in _owners(backbone, blocks, spec, recipe.blocks):
-            layer = _find(owner, spec.path, spec, where)
+            layer = _find(owner, spec.path, spec, where, recipe)
             if layer is None:
                 continue  # an optional role this block does not have
             layer_cls = replacement_for(layer, spec, recipe)
@@ -220,7 +221,7 @@ def _owners(backbone, blocks, spec: RoleSpec, blocks_attr: str):
         yield i, block, f"{blocks_attr}.{i}"
 
 
-def _find(owner, dotted: str, spec: RoleSpec, where: str):
+def _find(owner, dotted: str, spec: RoleSpec, where: str, recipe: Recipe):
     obj = owner
     for part in dotted.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
@@ -229,7 +230,8 @@ def _find(owner, dotted: str, spec: RoleSpec, where: str):
         if obj is None:
             place = f"block {where.rsplit('.', 1)[-1]}" if where else "the backbone"
             raise RecipeError(
-                f"role '{spec.role}': path '{dotted}' not found in {place} "
+                f"recipe '{recipe.name}' ({recipe.source}): role '{spec.role}': path "
+                f"'{dotted}' not found in {place} "
                 f"({type(owner).__name__}); the recipe does not fit this model."
             )
     return obj

@@ -20,6 +20,8 @@ def load_source(preset: str):
 
     kwargs = {"dtype": dtype} if (dtype := saved_dtype(preset)) else {}
     try:
+        if _is_backbone_only(preset):
+            return keras_hub.models.Backbone.from_preset(preset, **kwargs)
         return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
     except ValueError as e:
         if "Unable to find a subclass" not in str(e):
@@ -30,6 +32,35 @@ def load_source(preset: str):
         return keras_hub.models.Backbone.from_preset(preset, **kwargs)
     except Exception as e:
         raise PresetError(_first_line(preset, e)) from None
+
+
+def backbone_class_names(preset: str) -> list[str] | None:
+    """The class names (MRO) of a KerasHub preset's backbone, from its config.json
+    alone; None when that cannot be told without loading (e.g. a Hugging Face folder)."""
+    import keras
+    from keras_hub.src.utils.preset_utils import load_json
+
+    if preset == DEFAULT_PRESET:
+        return None
+    try:
+        name = load_json(preset, "config.json").get("registered_name")
+    except Exception:
+        return None  # loading reports the real problem
+    cls = keras.saving.get_registered_object(name) if isinstance(name, str) else None
+    return None if cls is None else [c.__name__ for c in cls.__mro__]
+
+
+def _is_backbone_only(preset: str) -> bool:
+    """A local KerasHub preset folder saved from a backbone alone (no tokenizer)."""
+    import json
+
+    path = Path(preset).expanduser()
+    if not path.is_dir() or any((path / f).is_file() for f in ("tokenizer.json", "task.json")):
+        return False
+    try:
+        return "registered_name" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # loading reports the real problem
 
 
 def saved_dtype(preset: str) -> str | None:

@@ -73,7 +73,7 @@ def build_unloaded(preset: str):
     import keras_hub
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
-    from hubquant.source import _check_local, _first_line, saved_dtype
+    from hubquant.source import _check_local, _first_line, _is_backbone_only, saved_dtype
 
     _check_local(preset)
     kwargs = {"dtype": dtype} if (dtype := saved_dtype(preset)) else {}
@@ -81,14 +81,15 @@ def build_unloaded(preset: str):
         loader = get_preset_loader(preset)
         with deferred_variables():
             backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=False, **kwargs)
-        try:  # the task's own layers are small: built as usual
-            model = keras_hub.models.CausalLM.from_preset(
-                preset, backbone=backbone, load_weights=False
-            )
-        except ValueError as e:
-            if "Unable to find a subclass" not in str(e):
-                raise
-            model = backbone
+        model = backbone
+        if not _is_backbone_only(preset):
+            try:  # the task's own layers are small: built as usual
+                model = keras_hub.models.CausalLM.from_preset(
+                    preset, backbone=backbone, load_weights=False
+                )
+            except ValueError as e:
+                if "Unable to find a subclass" not in str(e):
+                    raise
     except PresetError:
         raise
     except Exception as e:

@@ -61,16 +61,6 @@ def test_transformers_loads_the_export_and_agrees(family, config, fresh, inputs,
     assert "model.layers.0.self_attn.q_proj" in targets
 
 
-def test_non_dividing_group_size_is_refused_with_the_layer_named(fresh, tmp_path):
-    lm = fresh("llama3")  # hidden 80, intermediate 200
-    hubquant.quantize(lm, symmetric_int4(64))
-    with pytest.raises(
-        HubquantError,
-        match="layer 'transformer_layer_0/self_attention/query' .* multiple of group_size 64",
-    ):
-        export_hf(lm, tmp_path)
-
-
 def test_family_without_mapping_is_named(tmp_path):
     backbone = keras_hub.models.LlamaBackbone(
         vocabulary_size=64,

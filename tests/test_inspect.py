@@ -46,8 +46,3 @@ def test_incomplete_artefact_is_reported_and_refused(artefact, tmp_path, capsys)
     assert "INCOMPLETE" in capsys.readouterr().out
     with pytest.raises(ArtefactError, match="is incomplete: model.keras missing"):
         hubquant.load(broken)
-
-
-def test_not_an_artefact(tmp_path, capsys):
-    assert cli.main(["inspect", str(tmp_path)]) == 2
-    assert "is not a hubquant artefact" in capsys.readouterr().err

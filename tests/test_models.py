@@ -196,9 +196,9 @@ def test_recipe_that_does_not_fit_fails_before_any_change(fresh, inputs):
 
 
 def test_rule_matching_nothing_is_reported_and_strict_refuses(fresh):
-    text = "rules:\n  - match: {role: attn.q, blocks: [7]}\n    mode: int8\n"
+    text = "rules:\n  - match: {role: attn.qkv, blocks: [1]}\n    mode: int8\n"
     plan = hubquant.plan_for(fresh("gemma"), parse_config(text, "typo.yaml"))
-    assert plan.unmatched_rules == ("rule 1 (role=attn.q, blocks=[7])",)
+    assert plan.unmatched_rules == ("rule 1 (role=attn.qkv, blocks=[1])",)
     with pytest.raises(ConfigError, match="rule 1 .* matched no layer"):
         hubquant.plan_for(fresh("gemma"), parse_config(text, "typo.yaml"), strict=True)
 

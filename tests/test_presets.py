@@ -52,12 +52,3 @@ def test_presets_listing_is_filtered_to_served_families(capsys):
     assert {"gemma", "llama3", "mixtral"} <= listed <= set(shipped_recipes())
     assert cli.main(["presets", "llama3_8b"]) == 0
     assert "llama3_8b_en" in capsys.readouterr().out
-
-
-def test_cli_unknown_preset_is_exit_2(capsys, tmp_path):
-    code = cli.main(
-        ["apply", "--preset", "gemma_2b_xx", "--config", "int8", "--output", str(tmp_path / "o")]
-    )
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("hubquant: error: unknown preset 'gemma_2b_xx'")
-    assert not (tmp_path / "o").exists()

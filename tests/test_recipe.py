@@ -183,6 +183,12 @@ def test_get_recipe_by_name_or_path(tmp_path):
             "r.yaml: key 'blocks': expected a dotted attribute path such as "
             "'attention.query_dense'. Received: blocks='a b'",
         ),
+        (
+            "name: !!python/name:os.system\n",
+            "r.yaml: line 1, column 7: invalid YAML: could not determine a constructor for "
+            "the tag 'tag:yaml.org,2002:python/name:os.system'. "
+            "Received: text='name: !!python/name:os.system'",
+        ),
     ],
 )
 def test_recipe_errors(text, message):

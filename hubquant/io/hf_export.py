@@ -40,15 +40,9 @@ def export_hf(model, folder: Path) -> None:
     exporter = importlib.import_module(_EXPORTERS)
     backbone = model.backbone if isinstance(model, Task) else model
     family = type(backbone)._hubquant_base.__name__
-    if family not in exporter.MODEL_CONFIGS:
-        supported = ", ".join(sorted(exporter.MODEL_CONFIGS))
-        raise HubquantError(
-            f"no Hugging Face export mapping for {family}; families with one: {supported}."
-        )
     plan = backbone.hubquant_plan
+    check_exportable(plan, family)
     linears = [e for e in plan.quantized if _is_linear(e)]
-    for entry in linears:
-        _check_exportable(entry)
     config = exporter.MODEL_CONFIGS[family](backbone)
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     config["quantization_config"] = quantization_config(plan, linears)
@@ -121,6 +115,22 @@ def quantization_config(plan, linears: list[PlanEntry]) -> dict:
         "kv_cache_scheme": None,
         "sparsity_config": {},
     }
+
+
+def check_exportable(plan, family: str | None = None) -> None:
+    """Refuse, before any work, a Plan that compressed-tensors cannot express."""
+    import importlib
+
+    family = family or plan.backbone
+    configs = importlib.import_module(_EXPORTERS).MODEL_CONFIGS
+    if family not in configs:
+        raise HubquantError(
+            f"no Hugging Face export mapping for {family}; families with one: "
+            f"{', '.join(sorted(configs))}."
+        )
+    for entry in plan.quantized:
+        if _is_linear(entry):
+            _check_exportable(entry)
 
 
 def _is_linear(entry: PlanEntry) -> bool:

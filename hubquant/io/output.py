@@ -35,13 +35,13 @@ def staged_output(target: str | Path, overwrite: bool = False):
         target.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as e:
-        raise OutputError(f"cannot write output '{target}': {_reason(e)}") from None
+        raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
     try:
         yield stage
         _replace(stage, target)
     except OSError as e:
         shutil.rmtree(stage, ignore_errors=True)
-        raise OutputError(f"cannot write output '{target}': {_reason(e)}") from None
+        raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -57,7 +57,7 @@ def _replace(stage: Path, target: Path) -> None:
         stage.rename(target)
 
 
-def _reason(e: OSError) -> str:
+def reason(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "no space left on the device"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -78,15 +78,17 @@ def read_metadata(folder: Path) -> dict:
     path = folder / METADATA_FILE
     if not path.is_file():
         raise ArtefactError(f"'{folder}' is not a hubquant artefact: it has no {METADATA_FILE}.")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtefactError(f"'{path}' cannot be read: {e}") from None
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    meta = _read_json(path)
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int):
+        raise ArtefactError(f"'{path}' is corrupt: format_version {version!r} is not a number.")
+    if version > FORMAT_VERSION:
         raise ArtefactError(
             f"'{path}' has format version {meta['format_version']}, newer than this "
             f"hubquant understands ({FORMAT_VERSION}). Upgrade hubquant."
         )
+    if not isinstance(meta.get("plan"), dict) or not isinstance(meta.get("formats"), list):
+        raise ArtefactError(f"'{path}' is corrupt: it lacks the Plan or the list of formats.")
     return meta
 
 
@@ -100,23 +102,86 @@ def load_folder(folder: Path):
         raise ArtefactError(
             f"'{folder}' is incomplete: {', '.join(missing)} missing (formats {meta['formats']})."
         )
+    check_weight_files(folder)
     if (folder / "task.json").is_file():
-        config = json.loads((folder / "task.json").read_text())
-        cls = keras.saving.get_registered_object(config["registered_name"])
+        config = _read_json(folder / "task.json")
+        cls = keras.saving.get_registered_object(config.get("registered_name"))
         if cls is None or not issubclass(cls, Task):
             raise ArtefactError(
-                f"'{folder}/task.json' names {config['registered_name']}, which is not a "
+                f"'{folder}/task.json' names {config.get('registered_name')}, which is not a "
                 "task class hubquant knows."
             )
-        return cls.from_preset(str(folder))
+        return _from_preset(cls, folder)
     if (folder / "config.json").is_file():
-        return Backbone.from_preset(str(folder))
+        return _from_preset(Backbone, folder)
     from hubquant.io.safetensors_format import is_safetensors_folder, load_safetensors
 
     if is_safetensors_folder(folder):
         return load_safetensors(folder)
     if (folder / KERAS_FILE).is_file():
-        return keras.saving.load_model(str(folder / KERAS_FILE))
+        return load_keras(folder / KERAS_FILE)
     raise ArtefactError(
         f"'{folder}' holds {METADATA_FILE} but no model files (formats {meta.get('formats')})."
     )
+
+
+def check_weight_files(folder: Path) -> None:
+    """Refuse a truncated or corrupt Keras weights file before anything is built."""
+    import h5py
+
+    for path in sorted(folder.glob("*.weights.h5")):
+        try:
+            h5py.File(path, "r").close()
+        except OSError as e:
+            raise ArtefactError(f"'{path}' is truncated or corrupt: {_line(e)}") from None
+
+
+def load_keras(path: Path):
+    """A ``.keras`` archive, loaded with Keras' safe_mode on (no Python code runs)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ArtefactError(
+            f"'{path}' is truncated or corrupt: not a readable .keras archive (no zip directory)."
+        )
+    try:
+        return keras.saving.load_model(str(path), safe_mode=True)
+    except Exception as e:
+        raise load_error(path, e, zipfile.BadZipFile) from None
+
+
+def load_error(path: Path, e: Exception, *corrupt: type) -> ArtefactError:
+    """One line for an artefact Keras failed to load (``corrupt``: exception types
+    that mean the file is damaged)."""
+    if "safe_mode" in str(e):
+        return ArtefactError(
+            f"'{path}' holds Python code (e.g. a Lambda layer), which hubquant does not "
+            "run: it loads with Keras' safe_mode on. It was not written by hubquant."
+        )
+    damaged = isinstance(e, (*corrupt, EOFError, OSError))
+    what = "is truncated or corrupt" if damaged else "cannot be loaded"
+    return ArtefactError(f"'{path}' {what}: {type(e).__name__}: {_line(e)}")
+
+
+def _from_preset(cls, folder: Path):
+    try:
+        return cls.from_preset(str(folder))
+    except ArtefactError:
+        raise
+    except Exception as e:  # a file that passed the checks above but does not read
+        raise load_error(folder, e) from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtefactError(f"'{path}' is truncated or corrupt: {e}") from None
+    if not isinstance(data, dict):
+        raise ArtefactError(f"'{path}' is corrupt: expected a JSON object.")
+    return data
+
+
+def _line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

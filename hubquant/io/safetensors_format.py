@@ -50,7 +50,7 @@ def save_safetensors(model, folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES
 def load_safetensors(path: Path):
     """Rebuild the quantized task (or backbone) from hubquant safetensors alone."""
     files, metadata = _files_and_metadata(path)
-    model = keras.saving.deserialize_keras_object(json.loads(metadata["model_config"]))
+    model = _rebuild(metadata, files[0])
     backbone = model.backbone if isinstance(model, Task) else model
     # Match tensors to variables by position: auto-generated layer names (and
     # so variable paths) can differ from one process to the next.
@@ -70,6 +70,17 @@ def load_safetensors(path: Path):
     if missing:
         raise ArtefactError(f"'{path}' lacks {len(missing)} tensors, e.g. '{missing[0]}'.")
     return model
+
+
+def _rebuild(metadata: dict, file: Path):
+    """The model skeleton from the metadata's config (Keras' safe_mode: no Python code)."""
+    from hubquant.io.preset import load_error
+
+    try:
+        config = json.loads(metadata["model_config"])
+        return keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as e:
+        raise load_error(file, e, json.JSONDecodeError) from None
 
 
 def is_safetensors_folder(folder: Path) -> bool:
@@ -135,8 +146,6 @@ def _specs(shard: dict) -> dict:
 
 
 def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
-    from safetensors import safe_open
-
     if path.is_dir():
         if (path / INDEX_FILE).is_file():
             index = json.loads((path / INDEX_FILE).read_text())
@@ -145,13 +154,24 @@ def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
             files = [path / SINGLE_FILE]
     else:
         files = [path]
-    try:
-        with safe_open(str(files[0]), framework="numpy") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:
-        raise ArtefactError(f"'{files[0]}' is not a readable safetensors file: {e}") from None
+    with _open(files[0]) as f:
+        metadata = f.metadata() or {}
     _check_metadata(files[0], metadata)
     return files, metadata
+
+
+def _open(file: Path):
+    """``safe_open`` (which reads the header); unreadable files name themselves."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise ArtefactError(f"'{file}' not found.")
+    try:
+        return safe_open(str(file), framework="numpy")
+    except Exception as e:
+        raise ArtefactError(
+            f"'{file}' is truncated or corrupt: not a readable safetensors file ({e})."
+        ) from None
 
 
 def _check_metadata(file: Path, metadata: dict) -> None:
@@ -170,10 +190,8 @@ def _check_metadata(file: Path, metadata: dict) -> None:
 
 
 def _read_shard(file: Path, variables: dict, assets: Path) -> set[str]:
-    from safetensors import safe_open
-
     assigned = set()
-    with safe_open(str(file), framework="numpy") as f:
+    with _open(file) as f:
         for name in f.keys():
             value = f.get_tensor(name)
             if name.startswith(PRESET_PREFIX):

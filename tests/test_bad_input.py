@@ -1,0 +1,442 @@
+"""Every bad input, one row each: the exact one-line message, exit code 2, no
+traceback, and nothing left behind (neither the output nor a staging folder).
+
+Rows run in process through ``hubquant.cli.main``. Placeholders in a row's
+arguments and message: ``{tmp}`` (the row's own folder), ``{in}`` (its input
+files), ``{out}`` (the output it must not create), ``{gemma}``, ``{llama3}``,
+``{opt}`` (presets), ``{art}`` (a copy of a saved int8 artefact, which a row
+may corrupt first).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+import hubquant
+from hubquant import cli
+from hubquant.errors import ArtefactError, ConfigError
+from hubquant.io import st_writer
+
+APPLY = "apply --preset {gemma} --output {out} --config"
+BLOCKS = "block index {} is out of range: this model has 2 blocks (indices -2 to 1)"
+
+
+@dataclass(frozen=True)
+class Row:
+    args: str  # split on spaces after the placeholders are filled in
+    message: str  # the whole line after "hubquant: error: "
+    files: dict[str, str] = field(default_factory=dict)  # written into {in}
+    prepare: Callable | None = None  # (row folder, monkeypatch) -> None
+
+
+def _config(text: str) -> dict[str, str]:
+    return {"c.yaml": text}
+
+
+def _cut(name: str, keep: float = 0.5):
+    """Truncate ``{art}/name`` to a fraction of its bytes."""
+
+    def prepare(tmp: Path, _):
+        path = tmp / "art" / name
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+    return prepare
+
+
+def _garble(name: str):
+    """Overwrite the first 512 bytes of ``{art}/name`` (headers, signatures)."""
+
+    def prepare(tmp: Path, _):
+        path = tmp / "art" / name
+        data = path.read_bytes()
+        path.write_bytes(b"\x07" * 512 + data[512:])
+
+    return prepare
+
+
+def _edit_metadata(tmp: Path, _):
+    path = tmp / "art" / "hubquant.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 99}))
+
+
+def _restamp(**changes: Callable[[], str]):
+    """Rewrite ``{art}/model.safetensors`` with metadata keys replaced."""
+
+    def prepare(tmp: Path, _):
+        path = tmp / "art" / "model.safetensors"
+        with safe_open(str(path), framework="numpy") as f:
+            meta = {**f.metadata(), **{key: make() for key, make in changes.items()}}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        save_file(tensors, str(path), metadata=meta)
+
+    return prepare
+
+
+def _foreign_safetensors(tmp: Path, _):
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(tmp / "in" / "other.safetensors"))
+
+
+def _lambda_model() -> keras.Model:
+    return keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])
+
+
+def _lambda_archive(tmp: Path, _):
+    _lambda_model().save(str(tmp / "in" / "lambda.keras"))
+
+
+def _lambda_config() -> str:
+    return json.dumps(keras.saving.serialize_keras_object(_lambda_model()))
+
+
+def _failing_write(error: OSError):
+    """Make hubquant's safetensors writer fail after its first chunk of bytes (the
+    row's message, which only this error gives, shows that the write was reached)."""
+
+    class Fails:
+        def __init__(self, file):
+            self.file, self.writes = file, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 1:
+                raise error
+            return self.file.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    def prepare(_, monkeypatch):
+        monkeypatch.setattr(
+            st_writer, "open", lambda path, mode: Fails(open(path, mode)), raising=False
+        )
+
+    return prepare
+
+
+def _recipe_that_does_not_fit() -> dict[str, str]:
+    from hubquant.recipe import shipped_recipes
+
+    text = shipped_recipes()["gemma"].text
+    return {"r.yaml": text.replace("attention.key_dense", "attention.kee")}
+
+
+ROWS = {
+    # Configs
+    "yaml_syntax": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: line 2, column 3: invalid YAML: expected the node content, but "
+        "found '-'. Received: text='  - {{mode: int8'",
+        _config("rules: [\n  - {mode: int8\n"),
+    ),
+    "unsafe_yaml_tag": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: line 1, column 10: invalid YAML: could not determine a constructor "
+        "for the tag 'tag:yaml.org,2002:python/object/apply:os.system'. "
+        "Received: text=\"default: !!python/object/apply:os.system ['echo hi']\"",
+        _config("default: !!python/object/apply:os.system ['echo hi']\n"),
+    ),
+    "unknown_key": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: key 'defaults': unknown key; expected one of default, rules. "
+        "Received: defaults={{'mode': 'int8'}}",
+        _config("defaults: {mode: int8}\n"),
+    ),
+    "unknown_mode": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: default: key 'mode': expected one of: none, int8, int4. "
+        "Received: mode='int3'",
+        _config("default: {mode: int3}\n"),
+    ),
+    "unknown_role": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: rule 1: key 'match.role': unknown role: expected a role or glob "
+        "matching one of attn.q, attn.k, attn.v, attn.o, attn.qkv, mlp.gate, mlp.up, "
+        "mlp.down, mlp.gate_up, moe.experts, moe.router, moe.shared.gate, moe.shared.up, "
+        "moe.shared.down, moe.shared_router, embed, embed.position, lm_head, pooler. "
+        "Received: match.role='atn.q'",
+        _config("rules:\n  - match: {role: atn.q}\n    mode: int8\n"),
+    ),
+    "unknown_algorithm": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: default: key 'algorithm': expected one of: rtn. Received: algorithm='gptq'",
+        _config("default: {mode: int4, algorithm: gptq}\n"),
+    ),
+    "group_size_zero": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: default: key 'group_size': expected a positive integer, or -1 for "
+        "one group per channel. Received: group_size=0",
+        _config("default: {mode: int4, group_size: 0}\n"),
+    ),
+    "group_size_fraction": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: rule 1: key 'group_size': expected a positive integer, or -1 for "
+        "one group per channel. Received: group_size=1.5",
+        _config("rules:\n  - match: {role: attn.q}\n    mode: int4\n    group_size: 1.5\n"),
+    ),
+    "group_size_not_dividing_for_hf": Row(
+        "apply --preset {llama3} --output {out} --format preset,hf --config {in}/c.yaml",
+        "layer 'transformer_layer_0/self_attention/query' (attn.q): compressed-tensors "
+        "needs the input size 80 to be a multiple of group_size 64; quantize it with a "
+        "group size that divides it (or per channel) to export it.",
+        _config(
+            "default: {mode: int4, group_size: 64, symmetric: true}\n"
+            "rules:\n  - match: {role: 'embed*'}\n    mode: int8\n"
+            "  - match: {role: lm_head}\n    mode: int8\n"
+        ),
+    ),
+    "block_index_too_large": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: rule 1: key 'match.blocks': " + BLOCKS.format(2) + ". "
+        "Received: match.blocks=[0, 2]",
+        _config("rules:\n  - match: {blocks: [0, 2]}\n    mode: int8\n"),
+    ),
+    "negative_block_index_too_small": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: rule 1: key 'match.blocks': " + BLOCKS.format(-3) + ". "
+        "Received: match.blocks=[-3]",
+        _config("rules:\n  - match: {blocks: [-3]}\n    mode: int8\n"),
+    ),
+    "strict_rule_matching_nothing": Row(
+        f"{APPLY} {{in}}/c.yaml --strict",
+        "{in}/c.yaml: rule 1 (role=attn.qkv) matched no layer of this model "
+        "(recipe 'gemma'); --strict makes that an error.",
+        _config("rules:\n  - match: {role: attn.qkv}\n    mode: int8\n"),
+    ),
+    "config_not_found": Row(
+        f"{APPLY} int5",
+        "config 'int5' not found: not a file and not a shipped config (shipped: int4, int8, mixed)",
+    ),
+    # Presets and recipes
+    "preset_folder_missing": Row(
+        "apply --preset {tmp}/nope --config int8 --output {out}",
+        "preset '{tmp}/nope' not found: no such file or folder.",
+    ),
+    "folder_not_a_preset": Row(
+        "apply --preset {in} --config int8 --output {out}",
+        "preset '{in}' is not a KerasHub or Hugging Face preset folder: it has no config.json.",
+    ),
+    "unknown_preset_name": Row(
+        "apply --preset gemma_2b_xx --config int8 --output {out}",
+        "unknown preset 'gemma_2b_xx': not a folder and not a KerasHub preset. "
+        "Did you mean gemma_2b_en, gemma4_2b, gemma2_2b_en, gemma3_27b_text, gemma3_12b_text?",
+    ),
+    "architecture_without_recipe": Row(
+        "apply --preset {opt} --config int8 --output {out}",
+        "no recipe for backbone OPTBackbone: known recipes serve [{known}]. "
+        "Pass --recipe FILE.yaml to use your own.",
+    ),
+    "recipe_that_does_not_fit": Row(
+        f"{APPLY} int8 --recipe {{in}}/r.yaml",
+        "recipe 'gemma' ({in}/r.yaml): role 'attn.k': path 'attention.kee' not found in "
+        "block 0 (GemmaDecoderBlock); the recipe does not fit this model.",
+        _recipe_that_does_not_fit(),
+    ),
+    # Output
+    "output_exists_and_is_not_empty": Row(
+        f"{APPLY} int8 --output {{in}}",
+        "output '{in}' exists and is not empty; pass --overwrite to replace it.",
+        {"keep.txt": "mine"},
+    ),
+    "output_is_a_file": Row(
+        f"{APPLY} int8 --output {{in}}/keep.txt",
+        "output '{in}/keep.txt' exists and is a file; give a folder path.",
+        {"keep.txt": "mine"},
+    ),
+    "unknown_format": Row(
+        f"{APPLY} int8 --format preset,onnx",
+        "unknown output format 'onnx'; accepted: preset, keras, safetensors, hf. "
+        "Received: format=preset,onnx",
+    ),
+    "read_only_location_mid_write": Row(
+        f"{APPLY} int8 --format preset,safetensors --quiet",
+        "cannot write output '{out}': permission denied (read-only location?)",
+        prepare=_failing_write(PermissionError(errno.EACCES, "Permission denied")),
+    ),
+    "disk_full_mid_write": Row(
+        f"{APPLY} int8 --format preset,safetensors --quiet",
+        "cannot write output '{out}': no space left on the device",
+        prepare=_failing_write(OSError(errno.ENOSPC, "No space left on device")),
+    ),
+    # Saved artefacts
+    "truncated_keras": Row(
+        "export {art}/model.keras --output {out}",
+        "'{art}/model.keras' is truncated or corrupt: not a readable .keras archive "
+        "(no zip directory).",
+        prepare=_cut("model.keras"),
+    ),
+    "corrupt_keras": Row(
+        "export {art}/model.keras --output {out}",
+        "'{art}/model.keras' is truncated or corrupt: BadZipFile: Bad magic number for file header",
+        prepare=_garble("model.keras"),
+    ),
+    "truncated_keras_inspect": Row(
+        "inspect {art}/model.keras",
+        "'{art}/model.keras' is truncated or corrupt: not a readable .keras archive "
+        "(File is not a zip file).",
+        prepare=_cut("model.keras"),
+    ),
+    "truncated_weights": Row(
+        "export {art} --output {out}",
+        "'{art}/model.weights.h5' is truncated or corrupt: Unable to synchronously open "
+        "file (truncated file: eof = {eof}, sblock->base_addr = 0, stored_eof = {size})",
+        prepare=_cut("model.weights.h5"),
+    ),
+    "corrupt_weights": Row(
+        "export {art} --output {out}",
+        "'{art}/model.weights.h5' is truncated or corrupt: Unable to synchronously open "
+        "file (file signature not found)",
+        prepare=_garble("model.weights.h5"),
+    ),
+    "truncated_weights_inspect": Row(
+        "inspect {art}",
+        "'{art}/model.weights.h5' is truncated or corrupt: Unable to synchronously open "
+        "file (truncated file: eof = {eof}, sblock->base_addr = 0, stored_eof = {size})",
+        prepare=_cut("model.weights.h5"),
+    ),
+    "truncated_safetensors": Row(
+        "export {art}/model.safetensors --output {out}",
+        "'{art}/model.safetensors' is truncated or corrupt: not a readable safetensors "
+        "file (Error while deserializing header: incomplete metadata, file not fully covered).",
+        prepare=_cut("model.safetensors"),
+    ),
+    "corrupt_safetensors_inspect": Row(
+        "inspect {art}/model.safetensors",
+        "'{art}/model.safetensors' is truncated or corrupt: not a readable safetensors "
+        "file (Error while deserializing header: header too large).",
+        prepare=_garble("model.safetensors"),
+    ),
+    "newer_format_version_folder": Row(
+        "export {art} --output {out}",
+        "'{art}/hubquant.json' has format version 99, newer than this hubquant "
+        "understands (1). Upgrade hubquant.",
+        prepare=_edit_metadata,
+    ),
+    "newer_format_version_safetensors": Row(
+        "inspect {art}/model.safetensors",
+        "'{art}/model.safetensors' has format version 99, newer than this hubquant "
+        "understands (1). Upgrade hubquant.",
+        prepare=_restamp(format_version=lambda: "99"),
+    ),
+    "foreign_safetensors": Row(
+        "export {in}/other.safetensors --output {out}",
+        "'{in}/other.safetensors' has no hubquant metadata; it was not written by hubquant.",
+        prepare=_foreign_safetensors,
+    ),
+    "keras_archive_with_python_code": Row(
+        "export {in}/lambda.keras --output {out}",
+        "'{in}/lambda.keras' holds Python code (e.g. a Lambda layer), which hubquant does "
+        "not run: it loads with Keras' safe_mode on. It was not written by hubquant.",
+        prepare=_lambda_archive,
+    ),
+    "safetensors_with_python_code": Row(
+        "export {art}/model.safetensors --output {out}",
+        "'{art}/model.safetensors' holds Python code (e.g. a Lambda layer), which hubquant "
+        "does not run: it loads with Keras' safe_mode on. It was not written by hubquant.",
+        prepare=_restamp(model_config=_lambda_config),
+    ),
+    "not_an_artefact": Row(
+        "inspect {in}",
+        "'{in}' is not a hubquant artefact (folder, .keras or .safetensors).",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def opt_preset(tmp_path_factory):
+    """The config of a KerasHub OPT preset (an architecture no recipe serves) and no
+    weights: hubquant must refuse it from config.json alone, before loading weights."""
+    path = tmp_path_factory.mktemp("opt") / "opt"
+    path.mkdir()
+    dims = {"vocabulary_size": 64, "num_layers": 1, "num_heads": 2, "hidden_dim": 16}
+    config = {
+        "module": "keras_hub.src.models.opt.opt_backbone",
+        "class_name": "OPTBackbone",
+        "config": {**dims, "intermediate_dim": 32, "max_sequence_length": 32},
+        "registered_name": "keras_hub>OPTBackbone",
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def artefact(float_presets, tmp_path_factory):
+    """An int8 Gemma saved in every format that can be corrupted."""
+    lm = keras_hub.models.CausalLM.from_preset(str(float_presets["gemma"]))
+    hubquant.quantize(lm, "int8")
+    folder = tmp_path_factory.mktemp("bad_input") / "art"
+    hubquant.save(lm, folder, formats=("preset", "keras", "safetensors"))
+    return folder
+
+
+def _context(tmp: Path, float_presets, opt_preset, size: int) -> dict:
+    from hubquant.recipe import shipped_recipes
+
+    served = sorted(b for r in shipped_recipes().values() for b in r.backbones)
+    return {
+        "tmp": tmp,
+        "in": tmp / "in",
+        "out": tmp / "out",
+        "art": tmp / "art",
+        "gemma": float_presets["gemma"],
+        "llama3": float_presets["llama3"],
+        "opt": opt_preset,
+        "known": ", ".join(repr(b) for b in served),
+        "size": size,
+        "eof": size // 2,
+    }
+
+
+def _set_up(row: Row, tmp: Path, artefact: Path, monkeypatch) -> int:
+    """Write the row's inputs; return the intact weights file's size."""
+    (tmp / "in").mkdir()
+    for name, text in row.files.items():
+        (tmp / "in" / name).write_text(text)
+    shutil.copytree(artefact, tmp / "art")
+    size = (tmp / "art" / "model.weights.h5").stat().st_size
+    if row.prepare is not None:
+        row.prepare(tmp, monkeypatch)
+    return size
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_bad_input(name, tmp_path, capsys, monkeypatch, float_presets, opt_preset, artefact):
+    row = ROWS[name]
+    size = _set_up(row, tmp_path, artefact, monkeypatch)
+    ctx = _context(tmp_path, float_presets, opt_preset, size)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code = cli.main(row.args.format(**ctx).split(" "))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err == f"hubquant: error: {row.message.format(**ctx)}\n"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    """``--debug`` lets the error propagate (Python prints its traceback)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("default: {mode: int3}\n")
+    with pytest.raises(ConfigError, match="key 'mode'"):
+        cli.main(["--debug", "apply", "--config", str(config), "--output", str(tmp_path / "o")])
+
+
+def test_load_refuses_python_code_in_a_keras_archive(tmp_path):
+    (tmp_path / "in").mkdir()
+    _lambda_archive(tmp_path, None)
+    with pytest.raises(ArtefactError, match="safe_mode on"):
+        hubquant.load(tmp_path / "in" / "lambda.keras")
