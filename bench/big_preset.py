@@ -45,6 +45,15 @@ SHAPES = {
         intermediate_dim=49152,
         head_dim=256,
     ),
+    "gemma_2b_4layers": dict(  # gemma_2b with 4 blocks: quick memory checks
+        vocabulary_size=256000,
+        num_layers=4,
+        num_query_heads=8,
+        num_key_value_heads=1,
+        hidden_dim=2048,
+        intermediate_dim=32768,
+        head_dim=256,
+    ),
     "gemma_tiny": dict(  # a quick check of this script
         vocabulary_size=4096,
         num_layers=2,

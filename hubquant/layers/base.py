@@ -21,6 +21,7 @@ from keras.quantizers import unpack_int4
 from hubquant import quantizers
 
 MODES = ("int8", "int4")
+_FLOAT_VIEWS = frozenset({"kernel", "embeddings"})
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class QuantizedLayerMixin:
         super().__init__(*args, **kwargs)
         self.hubquant_specs = specs_from_config(hubquant)
         self.hubquant_source_dtype = hubquant_source_dtype
+
+    def __dir__(self):
+        # Keras' saving walk reads every attribute ``dir()`` lists; the float
+        # views (``kernel``, ``embeddings``) would each dequantize a matrix.
+        return [name for name in super().__dir__() if name not in _FLOAT_VIEWS]
 
     def get_config(self):
         config = super().get_config()
