@@ -39,24 +39,19 @@ def export_hf(model, folder: Path) -> None:
 
     exporter = importlib.import_module(_EXPORTERS)
     backbone = model.backbone if isinstance(model, Task) else model
-    family = type(backbone)._hubquant_base.__name__
-    if family not in exporter.MODEL_CONFIGS:
-        supported = ", ".join(sorted(exporter.MODEL_CONFIGS))
-        raise HubquantError(
-            f"no Hugging Face export mapping for {family}; families with one: {supported}."
-        )
+    get_config, get_weights = _mapping(exporter, type(backbone)._hubquant_base.__name__)
     plan = backbone.hubquant_plan
     linears = [e for e in plan.quantized if _is_linear(e)]
     for entry in linears:
         _check_exportable(entry)
-    config = exporter.MODEL_CONFIGS[family](backbone)
+    config = get_config(backbone)
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     config["quantization_config"] = quantization_config(plan, linears)
     config["torch_dtype"] = plan.dtype.replace("mixed_", "")
     # A quantized untied LM head has no float variable left: it is added below.
     float_head = isinstance(model, Task) and all(e.matrix != "reverse" for e in linears)
     with _float_views(backbone, plan):
-        weights = exporter.MODEL_EXPORTERS[family](backbone, include_lm_head=float_head)
+        weights = get_weights(backbone, include_lm_head=float_head)
         tensors = {name: _numpy(value) for name, value in weights.items()}
     for entry in linears:
         tensors.pop(f"{entry.hf}.weight", None)
@@ -67,6 +62,20 @@ def export_hf(model, folder: Path) -> None:
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     if tokenizer is not None:
         exporter.export_tokenizer(tokenizer, str(folder))
+
+
+def _mapping(exporter, family: str) -> tuple:
+    """(config function, weights function): hubquant's own, else KerasHub's."""
+    from hubquant.io.hf_families import FAMILIES
+
+    if family in FAMILIES:
+        return FAMILIES[family]
+    if family in exporter.MODEL_CONFIGS:
+        return exporter.MODEL_CONFIGS[family], exporter.MODEL_EXPORTERS[family]
+    supported = ", ".join(sorted({*FAMILIES, *exporter.MODEL_CONFIGS}))
+    raise HubquantError(
+        f"no Hugging Face export mapping for {family}; families with one: {supported}."
+    )
 
 
 @contextlib.contextmanager
