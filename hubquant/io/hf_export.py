@@ -66,12 +66,20 @@ def export_hf(model, folder: Path) -> None:
 
 def _mapping(exporter, family: str) -> tuple:
     """(config function, weights function): hubquant's own, else KerasHub's."""
-    from hubquant.io.hf_families import FAMILIES
+    from hubquant.io.hf_families import CONFIG_FIELDS, FAMILIES
 
     if family in FAMILIES:
         return FAMILIES[family]
     if family in exporter.MODEL_CONFIGS:
-        return exporter.MODEL_CONFIGS[family], exporter.MODEL_EXPORTERS[family]
+        keras_hub_config = exporter.MODEL_CONFIGS[family]
+        fields = CONFIG_FIELDS.get(family, lambda backbone: {})
+
+        def get_config(backbone):
+            config = keras_hub_config(backbone)
+            config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            return {**config, **fields(backbone)}
+
+        return get_config, exporter.MODEL_EXPORTERS[family]
     supported = ", ".join(sorted({*FAMILIES, *exporter.MODEL_CONFIGS}))
     raise HubquantError(
         f"no Hugging Face export mapping for {family}; families with one: {supported}."

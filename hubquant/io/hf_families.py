@@ -98,5 +98,20 @@ def _matrix(layer):
     return ops.reshape(ops.transpose(kernel, perm), (layout.n, layout.k))
 
 
+def qwen2_config_fields(backbone) -> dict:
+    """Fields KerasHub's Qwen2 export leaves out but its Qwen2 import (and
+    Hugging Face's config) needs: the sliding window, in every layer when set."""
+    window = backbone.use_sliding_window_attention
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "use_sliding_window": window,
+        "sliding_window": backbone.sliding_window_size,
+        "max_window_layers": 0,
+        "layer_types": ["sliding_attention" if window else "full_attention"] * backbone.num_layers,
+    }
+
+
 # Backbone class name -> (config function, weights function).
 FAMILIES = {"Qwen3Backbone": (qwen3_config, qwen3_weights)}
+# Backbone class name -> function giving fields to add to KerasHub's config.
+CONFIG_FIELDS = {"QwenBackbone": qwen2_config_fields}
