@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import logits
-from test_hf_export import assert_agrees, family_lm, symmetric_int4
+from test_hf_export import assert_agrees
 
 import hubquant
 from hubquant.config import parse_config
@@ -20,7 +20,7 @@ ct_compressors = pytest.importorskip("compressed_tensors.compressors")
 
 
 def _groups(symmetric: bool) -> dict:
-    """int4 g32 for every Linear, int8 per channel for down_proj (a regex beats a class)."""
+    """int4 g40 for every Linear, int8 per channel for down_proj (a regex beats a class)."""
     return {
         "group_0": {
             "targets": ["Linear"],
@@ -29,7 +29,7 @@ def _groups(symmetric: bool) -> dict:
                 "type": "int",
                 "symmetric": symmetric,
                 "strategy": "group",
-                "group_size": 32,
+                "group_size": 40,
             },
         },
         "group_1": {
@@ -65,9 +65,9 @@ def write_ct_checkpoint(folder, symmetric: bool, token_ids) -> np.ndarray:
     """
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=269,  # the shapes of the tiny Llama 3 preset (conftest): compiled once
+        hidden_size=80,
+        intermediate_size=200,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -79,7 +79,8 @@ def write_ct_checkpoint(folder, symmetric: bool, token_ids) -> np.ndarray:
     _observe_min_max(model)
     compressor = ct_compressors.ModelCompressor.from_pretrained_model(model, "pack-quantized")
     compressor.compress_model(model)
-    model.save_pretrained(str(folder))
+    # The asymmetric one in shards with an index, as large checkpoints come.
+    model.save_pretrained(str(folder), max_shard_size="50KB" if not symmetric else "1GB")
     compressor.update_config(str(folder))
     with torch.no_grad():
         return model(torch.tensor(token_ids, dtype=torch.long)).logits.numpy()
@@ -102,8 +103,8 @@ def test_compressed_tensors_checkpoint_imports_and_agrees(ct_folders, symmetric,
     plan = lm.backbone.hubquant_plan
     modes = {(e.hf.rsplit(".", 1)[-1], e.mode, e.group_size, e.symmetric) for e in plan.quantized}
     assert modes == {
-        *((p, "int4", 32, symmetric) for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
-        *((p, "int4", 32, symmetric) for p in ("gate_proj", "up_proj")),
+        *((p, "int4", 40, symmetric) for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        *((p, "int4", 40, symmetric) for p in ("gate_proj", "up_proj")),
         ("down_proj", "int8", -1, True),
     }
     ours = logits(lm, inputs)
@@ -125,17 +126,15 @@ def asymmetric_int4(group_size):
     )
 
 
-@pytest.mark.parametrize(
-    "family,config",
-    [("gemma", asymmetric_int4(32)), ("qwen", symmetric_int4(32)), ("qwen3", asymmetric_int4(32))],
-)
-def test_export_then_import_gives_equal_outputs(family, config, fresh, inputs, tmp_path):
-    lm = fresh(family) if family == "gemma" else family_lm(family)
-    plan = hubquant.quantize(lm, config)
+def test_export_then_import_gives_equal_outputs(fresh, inputs, tmp_path):
+    """Gemma, asymmetric int4 (zero points packed along the output axis), with its
+    tokenizer. Mistral, Qwen2 and Qwen3 round-trip in test_hf_export.py."""
+    lm = fresh("gemma")
+    plan = hubquant.quantize(lm, asymmetric_int4(32))
     export_hf(lm, tmp_path)
     back = hubquant.load(tmp_path)
     assert type(back).__name__ == type(lm).__name__
-    assert (back.preprocessor is None) == (lm.preprocessor is None)
+    assert back.preprocessor is not None
     linear = {e.hf: e.mode for e in plan.quantized if e.matrix != "embeddings"}
     assert {e.hf: e.mode for e in back.backbone.hubquant_plan.quantized} == linear
     ours, theirs = logits(lm, inputs), logits(back, inputs)

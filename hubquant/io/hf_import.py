@@ -182,8 +182,20 @@ class _FloatLoader:
             return
         tensor = self.get_tensor(hf_weight_key)
         if hook_fn:
-            tensor = hook_fn(tensor, list(keras_variable.shape))
+            tensor = hook_fn(tensor.view(_KeepFloatDtype), list(keras_variable.shape))
         keras_variable.assign(np.asarray(tensor).astype(keras_variable.dtype))
+
+
+class _KeepFloatDtype(np.ndarray):
+    """An array whose float-to-float ``astype`` is a no-op: KerasHub's Mistral
+    converter casts every tensor to float16 in its hooks; the variable's own
+    dtype (at ``assign``) should decide, as it does for the other families."""
+
+    def astype(self, dtype, *args, **kwargs):
+        if self.dtype.kind == "f" or "bfloat16" in str(self.dtype):
+            if np.dtype(dtype).kind == "f":
+                return self
+        return super().astype(dtype, *args, **kwargs)
 
 
 def _assign(layer, entry: PlanEntry, files: TensorFiles, folder: Path) -> None:
