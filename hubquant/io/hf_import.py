@@ -30,11 +30,15 @@ from hubquant.plan import Plan, PlanEntry
 from hubquant.quantizers import num_groups, pack_int4
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+_TABLES = ("embeddings", "reverse_embeddings")  # float matrices a skeleton re-creates
 
 
 def is_hf_folder(folder: Path) -> bool:
     """A Hugging Face folder quantized by compressed-tensors."""
-    qc = _read_config(folder).get("quantization_config") if _has_config(folder) else None
+    try:
+        qc = _read_config(folder).get("quantization_config") if _has_config(folder) else None
+    except ArtefactError:
+        return False
     return isinstance(qc, dict) and qc.get("quant_method") == ct_config.METHOD
 
 
@@ -66,7 +70,7 @@ def _build_skeleton_keeping_floats(backbone, plan: Plan) -> None:
     kept = {}
     for attr in plan.layers():
         layer = surgery.layer_at(backbone, attr)
-        kept[attr] = {v.name: v.value for v in layer.weights}
+        kept[attr] = {v.name: v.value for v in layer.weights if v.name in _TABLES}
     surgery.build_skeleton(backbone, plan)
     for attr, values in kept.items():
         for var in surgery.layer_at(backbone, attr)._own_float_variables():
@@ -104,7 +108,12 @@ def _float_task(folder: Path, config: dict):
         ) from None
     preprocessor = None
     if any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        preprocessor = loader.load_preprocessor(task_cls.preprocessor_cls)
+        try:
+            preprocessor = loader.load_preprocessor(task_cls.preprocessor_cls)
+        except (ValueError, KeyError, OSError) as e:
+            raise ArtefactError(
+                f"'{folder}': KerasHub cannot read its tokenizer: {type(e).__name__}: {e}"
+            ) from None
     return loader, task_cls(backbone=backbone, preprocessor=preprocessor)
 
 
