@@ -75,7 +75,10 @@ def save(
 
 
 def load(path: str | Path):
-    """The quantized task model (or backbone) from a folder, ``.keras`` or ``.safetensors``."""
+    """The quantized task model (or backbone) from a folder, ``.keras`` or ``.safetensors``.
+
+    A Hugging Face folder in compressed-tensors format is imported as well.
+    """
     from hubquant.errors import ArtefactError
     from hubquant.io.preset import load_folder, load_keras
 
@@ -87,6 +90,10 @@ def load(path: str | Path):
 
         return load_safetensors(path)
     if path.is_dir():
+        from hubquant.io.hf_import import is_hf_folder, load_hf
+
+        if not (path / "hubquant.json").is_file() and is_hf_folder(path):
+            return load_hf(path)
         return load_folder(path)
     raise ArtefactError(
         f"'{path}' not found: expected a hubquant folder, a .keras or a .safetensors file."

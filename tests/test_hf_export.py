@@ -8,7 +8,7 @@ import pytest
 from conftest import logits
 
 import hubquant
-from hubquant import cli
+from hubquant import cli, families
 from hubquant.config import parse_config
 from hubquant.errors import HubquantError
 from hubquant.io.hf_export import export_hf, pack_int32
@@ -59,6 +59,45 @@ def test_transformers_loads_the_export_and_agrees(family, config, fresh, inputs,
     targets = {t for g in qc["config_groups"].values() for t in g["targets"]}
     assert targets == {e.hf for e in plan.quantized if e.matrix != "embeddings"}
     assert "model.layers.0.self_attn.q_proj" in targets
+
+
+TASKS = {
+    "mistral": keras_hub.models.MistralCausalLM,
+    "qwen": keras_hub.models.QwenCausalLM,  # untied LM head, q/k/v biases
+    "qwen3": keras_hub.models.Qwen3CausalLM,  # tied table, q/k norms: hubquant's own mapping
+}
+
+
+def family_lm(name):
+    """A tiny float task of a family from ``hubquant.families`` (no tokenizer)."""
+    return TASKS[name](backbone=families.fresh_backbone(name), preprocessor=None)
+
+
+def assert_agrees(theirs, ours):
+    """Top-1 agreement >= 99 % and max error under 1e-3 of the logits' range."""
+    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.99
+    assert np.abs(theirs - ours).max() <= 1e-3 * np.abs(ours).max()
+
+
+@pytest.mark.parametrize("family", sorted(TASKS))
+def test_more_families_export_transformers_agrees_and_import_is_equal(family, inputs, tmp_path):
+    lm = family_lm(family)
+    plan = hubquant.quantize(lm, symmetric_int4(32))
+    export_hf(lm, tmp_path)
+    ours = logits(lm, inputs)
+    assert_agrees(hf_logits(tmp_path, inputs["token_ids"]), ours)
+    # Imported back: the same quantized Linears; an int8 token table comes back
+    # float (dequantized), so a tied head differs by float rounding only.
+    back = hubquant.load(tmp_path)
+    assert type(back).__name__ == type(lm).__name__
+    linears = {e.hf: e.mode for e in plan.quantized if e.matrix != "embeddings"}
+    assert {e.hf: e.mode for e in back.backbone.hubquant_plan.quantized} == linears
+    np.testing.assert_allclose(logits(back, inputs), ours, rtol=0, atol=1e-6 * np.abs(ours).max())
+    config = json.loads((tmp_path / "config.json").read_text())
+    targets = {
+        t for g in config["quantization_config"]["config_groups"].values() for t in g["targets"]
+    }
+    assert targets == {e.hf for e in plan.quantized if e.matrix != "embeddings"}
 
 
 def test_family_without_mapping_is_named(tmp_path):

@@ -40,17 +40,18 @@ def export_hf(model, folder: Path) -> None:
     exporter = importlib.import_module(_EXPORTERS)
     backbone = model.backbone if isinstance(model, Task) else model
     family = type(backbone)._hubquant_base.__name__
+    get_config, get_weights = _mapping(exporter, family)
     plan = backbone.hubquant_plan
     check_exportable(plan, family)
     linears = [e for e in plan.quantized if _is_linear(e)]
-    config = exporter.MODEL_CONFIGS[family](backbone)
+    config = get_config(backbone)
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     config["quantization_config"] = quantization_config(plan, linears)
     config["torch_dtype"] = plan.dtype.replace("mixed_", "")
     # A quantized untied LM head has no float variable left: it is added below.
     float_head = isinstance(model, Task) and all(e.matrix != "reverse" for e in linears)
     with _float_views(backbone, plan):
-        weights = exporter.MODEL_EXPORTERS[family](backbone, include_lm_head=float_head)
+        weights = get_weights(backbone, include_lm_head=float_head)
         tensors = {name: _numpy(value) for name, value in weights.items()}
     for entry in linears:
         tensors.pop(f"{entry.hf}.weight", None)
@@ -61,6 +62,28 @@ def export_hf(model, folder: Path) -> None:
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     if tokenizer is not None:
         exporter.export_tokenizer(tokenizer, str(folder))
+
+
+def _mapping(exporter, family: str) -> tuple:
+    """(config function, weights function): hubquant's own, else KerasHub's."""
+    from hubquant.io.hf_families import CONFIG_FIELDS, FAMILIES
+
+    if family in FAMILIES:
+        return FAMILIES[family]
+    if family in exporter.MODEL_CONFIGS:
+        keras_hub_config = exporter.MODEL_CONFIGS[family]
+        fields = CONFIG_FIELDS.get(family, lambda backbone: {})
+
+        def get_config(backbone):
+            config = keras_hub_config(backbone)
+            config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            return {**config, **fields(backbone)}
+
+        return get_config, exporter.MODEL_EXPORTERS[family]
+    supported = ", ".join(sorted({*FAMILIES, *exporter.MODEL_CONFIGS}))
+    raise HubquantError(
+        f"no Hugging Face export mapping for {family}; families with one: {supported}."
+    )
 
 
 @contextlib.contextmanager
@@ -121,13 +144,7 @@ def check_exportable(plan, family: str | None = None) -> None:
     """Refuse, before any work, a Plan that compressed-tensors cannot express."""
     import importlib
 
-    family = family or plan.backbone
-    configs = importlib.import_module(_EXPORTERS).MODEL_CONFIGS
-    if family not in configs:
-        raise HubquantError(
-            f"no Hugging Face export mapping for {family}; families with one: "
-            f"{', '.join(sorted(configs))}."
-        )
+    _mapping(importlib.import_module(_EXPORTERS), family or plan.backbone)
     for entry in plan.quantized:
         if _is_linear(entry):
             _check_exportable(entry)

@@ -1,0 +1,181 @@
+"""Import of compressed-tensors checkpoints: written by compressed-tensors itself, or by hubquant."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import logits
+from test_hf_export import assert_agrees
+
+import hubquant
+from hubquant.config import parse_config
+from hubquant.errors import ArtefactError
+from hubquant.io.hf_export import export_hf
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+ct = pytest.importorskip("compressed_tensors.quantization")
+ct_compressors = pytest.importorskip("compressed_tensors.compressors")
+
+
+def _groups(symmetric: bool) -> dict:
+    """int4 g40 for every Linear, int8 per channel for down_proj (a regex beats a class)."""
+    return {
+        "group_0": {
+            "targets": ["Linear"],
+            "weights": {
+                "num_bits": 4,
+                "type": "int",
+                "symmetric": symmetric,
+                "strategy": "group",
+                "group_size": 40,
+            },
+        },
+        "group_1": {
+            "targets": ["re:.*down_proj"],
+            "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"},
+        },
+    }
+
+
+def _observe_min_max(model) -> None:
+    """Calibration-free weight observer: each group's min/max -> scale and zero point."""
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is None:
+            continue
+        args, w = scheme.weights, module.weight.data
+        size = w.shape[1] if args.strategy == "channel" else args.group_size
+        grouped = w.reshape(w.shape[0], -1, size)
+        scale, zero = calculate_qparams(grouped.amin(-1), grouped.amax(-1), args)
+        module.weight_scale.data = scale.reshape(module.weight_scale.shape)
+        module.weight_zero_point.data = zero.reshape(module.weight_zero_point.shape).to(
+            module.weight_zero_point.dtype
+        )
+
+
+def write_ct_checkpoint(folder, symmetric: bool, token_ids) -> np.ndarray:
+    """A tiny Llama quantized and saved by compressed-tensors' own compressor.
+
+    Returns compressed-tensors' logits for ``token_ids``: the compressed
+    model's first forward pass decompresses it with compressed-tensors' code.
+    """
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=269,  # the shapes of the tiny Llama 3 preset (conftest): compiled once
+        hidden_size=80,
+        intermediate_size=200,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    qc = ct.QuantizationConfig(config_groups=_groups(symmetric), ignore=["lm_head"])
+    ct.apply_quantization_config(model, qc, show_progress=False)
+    _observe_min_max(model)
+    compressor = ct_compressors.ModelCompressor.from_pretrained_model(model, "pack-quantized")
+    compressor.compress_model(model)
+    # The asymmetric one in shards with an index, as large checkpoints come.
+    model.save_pretrained(str(folder), max_shard_size="50KB" if not symmetric else "1GB")
+    compressor.update_config(str(folder))
+    with torch.no_grad():
+        return model(torch.tensor(token_ids, dtype=torch.long)).logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def ct_folders(tmp_path_factory, inputs):
+    """{symmetric: (folder, compressed-tensors' logits)}."""
+    root = tmp_path_factory.mktemp("ct")
+    return {
+        sym: (root / str(sym), write_ct_checkpoint(root / str(sym), sym, inputs["token_ids"]))
+        for sym in (True, False)
+    }
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_compressed_tensors_checkpoint_imports_and_agrees(ct_folders, symmetric, inputs):
+    folder, theirs = ct_folders[symmetric]
+    lm = hubquant.load(folder)
+    plan = lm.backbone.hubquant_plan
+    modes = {(e.hf.rsplit(".", 1)[-1], e.mode, e.group_size, e.symmetric) for e in plan.quantized}
+    assert modes == {
+        *((p, "int4", 40, symmetric) for p in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        *((p, "int4", 40, symmetric) for p in ("gate_proj", "up_proj")),
+        ("down_proj", "int8", -1, True),
+    }
+    ours = logits(lm, inputs)
+    assert_agrees(theirs, ours)
+    if symmetric:  # transformers 5.24 loads only symmetric int4 (see README)
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        with torch.no_grad():
+            loaded = model(torch.tensor(inputs["token_ids"], dtype=torch.long)).logits.numpy()
+        assert_agrees(loaded, ours)
+
+
+def asymmetric_int4(group_size):
+    """int4 asymmetric projections; a tied table stays float (exported as it is held)."""
+    return parse_config(
+        f"default: {{mode: int4, group_size: {group_size}, symmetric: false}}\n"
+        "rules:\n  - match: {role: 'embed*'}\n    mode: none\n"
+        "  - match: {role: lm_head}\n    mode: none\n",
+        f"asym-g{group_size}",
+    )
+
+
+def test_export_then_import_gives_equal_outputs(fresh, inputs, tmp_path):
+    """Gemma, asymmetric int4 (zero points packed along the output axis), with its
+    tokenizer. Mistral, Qwen2 and Qwen3 round-trip in test_hf_export.py."""
+    lm = fresh("gemma")
+    plan = hubquant.quantize(lm, asymmetric_int4(32))
+    export_hf(lm, tmp_path)
+    back = hubquant.load(tmp_path)
+    assert type(back).__name__ == type(lm).__name__
+    assert back.preprocessor is not None
+    linear = {e.hf: e.mode for e in plan.quantized if e.matrix != "embeddings"}
+    assert {e.hf: e.mode for e in back.backbone.hubquant_plan.quantized} == linear
+    ours, theirs = logits(lm, inputs), logits(back, inputs)
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-6 * np.abs(ours).max())
+
+
+def _edited(folder, tmp_path, edit):
+    copy = tmp_path / "edited"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    edit(config["quantization_config"])
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def _activations(qc):
+    qc["config_groups"]["group_0"]["input_activations"] = {"num_bits": 8, "type": "int"}
+
+
+def _fp8(qc):
+    qc["config_groups"]["group_1"]["weights"]["type"] = "float"
+
+
+def _kv_cache(qc):
+    qc["kv_cache_scheme"] = {"num_bits": 8, "type": "float"}
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            _activations,
+            "module model.layers.0.self_attn.q_proj uses input_activations "
+            "quantization \\(int8\\) \\(config group 'group_0'\\)",
+        ),
+        (_fp8, "module model.layers.0.mlp.down_proj uses float8 weights"),
+        (_kv_cache, "quantization_config uses kv_cache_scheme="),
+    ],
+    ids=["activations", "fp8", "kv-cache"],
+)
+def test_what_hubquant_cannot_hold_is_refused_by_module(ct_folders, tmp_path, edit, message):
+    folder = _edited(ct_folders[True][0], tmp_path, edit)
+    with pytest.raises(ArtefactError, match=message):
+        hubquant.load(folder)
