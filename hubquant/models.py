@@ -48,13 +48,22 @@ class HubquantBackboneMixin:
 
         config = dict(config)
         plan = Plan.from_dict(config.pop("hubquant")["plan"])
-        # Expert banks get their quantized policy from build_skeleton: their
-        # KerasHub classes have no quantized call to build the graph with.
-        config["dtype"] = dtype_map(plan, banks=False)
+        dtype = config.get("dtype")
+        if dtype is None or _is_policy_map(dtype):
+            # Expert banks get their quantized policy from build_skeleton: their
+            # KerasHub classes have no quantized call to build the graph with.
+            config["dtype"] = dtype_map(plan, banks=False)
         backbone = super().from_config(config)
         build_skeleton(backbone, plan)
         object.__setattr__(backbone, "hubquant_plan", plan)
         return backbone
+
+
+def _is_policy_map(dtype) -> bool:
+    """The saved policy map (serialized or not), as opposed to a dtype a user passed."""
+    if isinstance(dtype, dict):
+        return dtype.get("class_name") == "DTypePolicyMap"
+    return isinstance(dtype, DTypePolicyMap)
 
 
 def dtype_map(plan: Plan, banks: bool = True) -> DTypePolicyMap:
