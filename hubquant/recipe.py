@@ -161,11 +161,14 @@ def _shipped_files() -> list[RecipeFile]:
     return [RecipeFile(path, "shipped") for path in shipped_files("recipes").values()]
 
 
-def recipe_for_backbone(class_names: list[str], extra: Recipe | None = None) -> Recipe:
+def recipe_for_backbone(
+    class_names: list[str], extra: Recipe | None = None, known: dict | None = None
+) -> Recipe:
     """The recipe serving the first of ``class_names`` (a backbone's MRO names).
 
     ``extra`` (a user's ``--recipe``) is used when it serves any of them, and is
-    an error when it serves none; otherwise the shipped recipes are searched.
+    an error when it serves none; otherwise the ``known`` recipes (by default
+    every recipe discovered) are searched.
     """
     if extra is not None:
         if set(extra.backbones) & set(class_names):
@@ -175,7 +178,8 @@ def recipe_for_backbone(class_names: list[str], extra: Recipe | None = None) -> 
             f"{', '.join(extra.backbones)}, not backbone {class_names[0]}. "
             f"Received: backbones={show(list(extra.backbones))}"
         )
-    owners = {b: r for r in discovered_recipes().values() for b in r.backbones}
+    known = discovered_recipes() if known is None else known
+    owners = {b: r for r in known.values() for b in r.backbones}
     for name in class_names:
         if name in owners:
             return owners[name]

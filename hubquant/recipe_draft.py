@@ -8,7 +8,6 @@ from those paths. The draft is data for a person to check, not a verdict.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -256,7 +255,3 @@ def _keras_hub_class(backbone) -> type:
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
