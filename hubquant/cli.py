@@ -78,12 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("filter", nargs="?", default="", help="only names containing this")
 
     for kind in ("recipes", "configs"):
-        group = sub.add_parser(kind, help=f"list or show shipped {kind}")
+        group = sub.add_parser(kind, help=f"list or show {kind}")
         verbs = group.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-        verbs.add_parser("list", help=f"list shipped {kind}")
-        show = verbs.add_parser("show", help=f"print one of the shipped {kind}")
+        verbs.add_parser("list", help=f"list {kind} (recipes: with where each was found)")
+        show = verbs.add_parser("show", help=f"print one of the {kind}")
         show.add_argument("name")
+        if kind == "recipes":
+            _recipe_verbs(verbs)
     return parser
+
+
+def _recipe_verbs(verbs) -> None:
+    check = verbs.add_parser("validate", help="check a recipe file without a model")
+    check.add_argument("file")
+    new = verbs.add_parser("new", help="print a draft recipe for the model a preset describes")
+    new.add_argument("preset", help="a preset folder (or its config.json), name or handle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +146,14 @@ def _dispatch(args) -> int:
         return commands.export(args.source, args.to, args.output, args.overwrite)
     if args.command == "presets":
         return commands.list_presets(args.filter)
+    if args.command == "recipes":
+        verbs = {
+            "list": lambda: commands.list_recipes(),
+            "show": lambda: commands.show_recipe(args.name),
+            "validate": lambda: commands.validate_recipe(args.file),
+            "new": lambda: commands.new_recipe(args.preset),
+        }
+        return verbs[args.verb]()
     if args.verb == "list":
         return commands.list_shipped(args.command)
     return commands.show_shipped(args.command, args.name)

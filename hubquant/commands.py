@@ -154,6 +154,41 @@ def list_presets(filter_text: str = "") -> int:
     return 0
 
 
+def list_recipes() -> int:
+    """Every recipe hubquant finds, with where it came from."""
+    from hubquant.recipe import discovered_recipes
+
+    for recipe in discovered_recipes().values():
+        where = "shipped" if recipe.origin == "shipped" else recipe.where
+        print(f"{recipe.name:12s} {', '.join(recipe.backbones):40s} {where}")
+    return 0
+
+
+def show_recipe(name: str) -> int:
+    from hubquant.recipe import get_recipe
+
+    print(get_recipe(name).text, end="")
+    return 0
+
+
+def validate_recipe(path: str) -> int:
+    """Check a recipe file without a model: one OK line, or a RecipeError."""
+    from hubquant.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    roles = ", ".join(spec.role for spec in recipe.roles)
+    print(f"OK {path}: recipe '{recipe.name}' for {', '.join(recipe.backbones)}; roles {roles}")
+    return 0
+
+
+def new_recipe(preset: str) -> int:
+    """Print a draft recipe for the model ``preset`` describes."""
+    from hubquant.recipe_draft import draft_recipe
+
+    print(draft_recipe(preset), end="")
+    return 0
+
+
 def list_shipped(kind: str) -> int:
     from hubquant.resources import shipped_files
 

@@ -129,11 +129,25 @@ def qwen3_moe_backbone(seed: int = 0, **dims):
     return _build(keras_hub.models.Qwen3MoeBackbone, seed, **config)
 
 
+def gpt_oss_backbone(seed: int = 0, **dims):
+    """gpt-oss: experts with a fused, interleaved gate+up bank and biases (the
+    biases get trained-like values too, so that carrying them is checked).
+
+    Weights are drawn from ``seed + 3``: with those, no token of the test
+    inputs sits at a near-tie of its top-2 router logits, where any rounding
+    upstream would swap an expert and move that token's output entirely.
+    """
+    config = {**_DECODER, "num_experts": 4, "top_k": 2, "head_dim": 32, **dims}
+    config.update(sliding_window=16, intermediate_dim=config["intermediate_dim"] // 2)
+    return _build(keras_hub.models.GptOssBackbone, seed + 3, **config)
+
+
 # Recipe name -> builder of a tiny backbone that recipe serves.
 BUILDERS = {
     "mixtral": mixtral_backbone,
     "qwen_moe": qwen_moe_backbone,
     "qwen3_moe": qwen3_moe_backbone,
+    "gpt_oss": gpt_oss_backbone,
     "gemma3": gemma3_backbone,
     "mistral": mistral_backbone,
     "qwen": qwen_backbone,

@@ -49,8 +49,11 @@ class HubquantBackboneMixin:
 
         config = dict(config)
         plan = Plan.from_dict(config.pop("hubquant")["plan"])
-        if config.get("dtype") is None:
-            config["dtype"] = dtype_map(plan)
+        dtype = config.get("dtype")
+        if dtype is None or _is_policy_map(dtype):
+            # Expert banks get their quantized policy from build_skeleton: their
+            # KerasHub classes have no quantized call to build the graph with.
+            config["dtype"] = dtype_map(plan, banks=False)
         with deferred_variables():  # float matrices the Plan replaces never allocate
             backbone = super().from_config(config)
         build_skeleton(backbone, plan)
@@ -61,11 +64,20 @@ class HubquantBackboneMixin:
         return backbone
 
 
-def dtype_map(plan: Plan) -> DTypePolicyMap:
-    """Float default for the backbone, a quantized policy per planned layer."""
+def _is_policy_map(dtype) -> bool:
+    """The saved policy map (serialized or not), as opposed to a dtype a user passed."""
+    if isinstance(dtype, dict):
+        return dtype.get("class_name") == "DTypePolicyMap"
+    return isinstance(dtype, DTypePolicyMap)
+
+
+def dtype_map(plan: Plan, banks: bool = True) -> DTypePolicyMap:
+    """Float default for the backbone, a quantized policy per planned layer
+    (expert banks included only with ``banks``)."""
     policies = {
         entries[0].path: QuantizedDTypePolicy(entries[0].mode, entries[0].source_dtype)
         for entries in plan.layers().values()
+        if banks or entries[0].matrix in ("kernel", "embeddings", "reverse")
     }
     return DTypePolicyMap(default_policy=plan.dtype, policy_map=policies)
 

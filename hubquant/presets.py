@@ -50,12 +50,13 @@ def supported_presets(filter_text: str = "") -> list[tuple[str, str, int | None]
     """(preset, recipe name, parameter count) for presets a recipe serves."""
     from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS_FOR_BACKBONE
 
-    from hubquant.recipe import recipe_for_backbone
+    from hubquant.recipe import discovered_recipes, recipe_for_backbone
 
+    known = discovered_recipes()
     rows = []
     for backbone_cls, presets in BUILTIN_PRESETS_FOR_BACKBONE.items():
         try:
-            recipe = recipe_for_backbone([c.__name__ for c in backbone_cls.__mro__])
+            recipe = recipe_for_backbone([c.__name__ for c in backbone_cls.__mro__], known=known)
         except RecipeError:
             continue
         for preset, info in presets.items():

@@ -19,6 +19,7 @@ from hubquant.config import (
     read_yaml,
     show,
 )
+from hubquant.discovery import RecipeFile, env_files, plugin_files
 from hubquant.errors import RecipeError
 from hubquant.resources import shipped_files
 
@@ -72,6 +73,13 @@ class Recipe:
     hf_model_type: str | None
     source: str
     text: str
+    # Where it was found: "shipped", "HUBQUANT_RECIPE_PATH", "plugin ...", "" (a file given).
+    origin: str = ""
+
+    @property
+    def where(self) -> str:
+        """The file, and how it was found when discovered."""
+        return f"{self.source} ({self.origin})" if self.origin else self.source
 
     def to_dict(self) -> dict:
         """The recipe as YAML-ready data; ``parse_recipe`` reads it back."""
@@ -102,30 +110,34 @@ def parse_recipe(text: str, source: str) -> Recipe:
     )
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate the recipe file at ``path``."""
+def load_recipe(path: str | Path, origin: str = "") -> Recipe:
+    """Read and validate the recipe file at ``path`` (found as ``origin`` says)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' not found. Received: path='{path}'")
-    return parse_recipe(read_text(path, RecipeError), str(path))
+    recipe = parse_recipe(read_text(path, RecipeError), str(path))
+    return dataclasses.replace(recipe, origin=origin)
 
 
-def load_recipes(paths: list[Path]) -> dict[str, Recipe]:
+def load_recipes(files: list[Path | RecipeFile]) -> dict[str, Recipe]:
     """Recipes by name; two files with one name or one backbone are an error."""
     recipes: dict[str, Recipe] = {}
     owners: dict[str, Recipe] = {}
-    for path in paths:
-        recipe = load_recipe(path)
+    for file in files:
+        if isinstance(file, RecipeFile):
+            recipe = load_recipe(file.path, file.origin)
+        else:
+            recipe = load_recipe(file)
         if recipe.name in recipes:
-            other = recipes[recipe.name].source
+            other = recipes[recipe.name].where
             raise RecipeError(
-                f"recipes {other} and {recipe.source} share the name "
+                f"recipes {other} and {recipe.where} share the name "
                 f"'{recipe.name}': each recipe needs its own name"
             )
         for backbone in recipe.backbones:
             if backbone in owners:
                 raise RecipeError(
-                    f"recipes {owners[backbone].source} and {recipe.source} both "
+                    f"recipes {owners[backbone].where} and {recipe.where} both "
                     f"serve backbone {backbone}: each backbone needs one recipe"
                 )
             owners[backbone] = recipe
@@ -135,14 +147,28 @@ def load_recipes(paths: list[Path]) -> dict[str, Recipe]:
 
 def shipped_recipes() -> dict[str, Recipe]:
     """The recipes shipped with hubquant, by name."""
-    return load_recipes(list(shipped_files("recipes").values()))
+    return load_recipes(_shipped_files())
 
 
-def recipe_for_backbone(class_names: list[str], extra: Recipe | None = None) -> Recipe:
+def discovered_recipes() -> dict[str, Recipe]:
+    """Every recipe hubquant can use, by name: shipped ones, then those in the
+    folders of ``HUBQUANT_RECIPE_PATH``, then those of ``hubquant.recipes``
+    plugins (see :mod:`hubquant.discovery`)."""
+    return load_recipes(_shipped_files() + env_files() + plugin_files())
+
+
+def _shipped_files() -> list[RecipeFile]:
+    return [RecipeFile(path, "shipped") for path in shipped_files("recipes").values()]
+
+
+def recipe_for_backbone(
+    class_names: list[str], extra: Recipe | None = None, known: dict | None = None
+) -> Recipe:
     """The recipe serving the first of ``class_names`` (a backbone's MRO names).
 
     ``extra`` (a user's ``--recipe``) is used when it serves any of them, and is
-    an error when it serves none; otherwise the shipped recipes are searched.
+    an error when it serves none; otherwise the ``known`` recipes (by default
+    every recipe discovered) are searched.
     """
     if extra is not None:
         if set(extra.backbones) & set(class_names):
@@ -152,7 +178,8 @@ def recipe_for_backbone(class_names: list[str], extra: Recipe | None = None) -> 
             f"{', '.join(extra.backbones)}, not backbone {class_names[0]}. "
             f"Received: backbones={show(list(extra.backbones))}"
         )
-    owners = {b: r for r in shipped_recipes().values() for b in r.backbones}
+    known = discovered_recipes() if known is None else known
+    owners = {b: r for r in known.values() for b in r.backbones}
     for name in class_names:
         if name in owners:
             return owners[name]
@@ -163,17 +190,17 @@ def recipe_for_backbone(class_names: list[str], extra: Recipe | None = None) -> 
 
 
 def get_recipe(name_or_path: str | Path) -> Recipe:
-    """A shipped recipe by name (``gemma``, ``gemma.yaml``) or a recipe file."""
+    """A known recipe by name (``gemma``, ``gemma.yaml``) or a recipe file."""
     if Path(name_or_path).is_file():
         return load_recipe(name_or_path)
-    shipped = shipped_recipes()
+    known = discovered_recipes()
     name = str(name_or_path).removesuffix(".yaml")
-    if name not in shipped:
+    if name not in known:
         raise RecipeError(
-            f"recipe '{name_or_path}' not found: not a file and not a shipped "
-            f"recipe (shipped: {', '.join(sorted(shipped))})"
+            f"recipe '{name_or_path}' not found: not a file and not a known "
+            f"recipe (known: {', '.join(sorted(known))})"
         )
-    return shipped[name]
+    return known[name]
 
 
 def _string(data: dict, key: str, where: str, required: bool = False) -> str | None:

@@ -39,7 +39,7 @@ def build_skeleton(backbone, plan: Plan) -> None:
         _adopt(layer, entries)
         layer._tracker.unlock()
         try:
-            for name in _matrix_variable_attrs(layer):
+            for name in _matrix_variable_attrs(layer, entries):
                 layer._drop_variable(name)
             layer.quantized_build(None, entries[0].mode)
             layer._build_float_matrices(entries[0].source_dtype)
@@ -74,8 +74,11 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
         layer.hubquant_bank_shapes = {e.matrix: e.kernel_shape for e in entries}
 
 
-def _matrix_variable_attrs(layer) -> list[str]:
-    """Attributes holding Keras variables other than the bias."""
+def _matrix_variable_attrs(layer, entries: list[PlanEntry]) -> list[str]:
+    """Attributes of the float matrices to drop: an expert bank's planned
+    matrices (its biases stay), otherwise every variable but the bias."""
+    if getattr(layer, "hubquant_bank_shapes", None):
+        return [e.matrix for e in entries]
     return [
         name
         for name, value in list(vars(layer).items())

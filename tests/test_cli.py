@@ -46,7 +46,7 @@ def test_configs_and_recipes_listing(capsys):
     code, out, _ = run(capsys, "recipes", "show", "gemma")
     assert code == 0 and "GemmaBackbone" in out
     code, _, err = run(capsys, "recipes", "show", "gpt9")
-    assert_one_line_error(code, err, "no shipped recipe named 'gpt9'")
+    assert_one_line_error(code, err, "recipe 'gpt9' not found")
 
 
 def _cli(*args, cwd):

@@ -29,17 +29,19 @@ EXCEPTIONS = {
     r"segment_embedding/embeddings": "segment table",
     # Mixture-of-experts routers (and Qwen MoE's shared-expert gate) stay float:
     # they choose experts, and the shipped configs keep them exact.
-    r".+/(sparse_feedforward_gate_dense|shared_expert_gate_dense)/kernel": "MoE router",
+    r".+/(sparse_feedforward_gate_dense|shared_expert_gate_dense|router_dense)/kernel": "MoE router",
     # Norm scales and offsets: rank 1 everywhere today, listed for completeness.
     r".+/(scale|gamma|beta)": "norm",
     # Biases are added, not multiplied; hubquant keeps every bias float.
     # EinsumDense biases of attention projections are (heads, head_dim).
     r".+/bias": "bias of a quantized projection",
+    # gpt-oss expert banks: one bias per expert and output channel.
+    r".+/experts/(gate_up|down)_proj_bias": "bias of a quantized expert bank",
 }
 
 # A quantized layer's float multipliers: per output channel (int8) or per
 # group (int4). Not weights; each must sit beside the integer codes it scales.
-SCALE = re.compile(r"(?P<layer>.+)/(?P<matrix>kernel|embeddings|reverse|_expert\w+)_scale")
+SCALE = re.compile(r"(?P<layer>.+)/(?P<matrix>\w+)_scale")
 
 # Gemma and Llama at the matrix shapes of hubquant.families (fewer compiles);
 # Gemma's intermediate_dim is split between its two gating projections.

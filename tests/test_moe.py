@@ -1,6 +1,7 @@
 """Mixture-of-experts banks: quantized per expert and channel, routed forward unchanged."""
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 from conftest import keras_quantize
@@ -10,7 +11,7 @@ import hubquant
 from hubquant import families, surgery
 from hubquant.quantizers import unpack_int4
 
-FAMILIES = ["mixtral", "qwen_moe", "qwen3_moe"]
+FAMILIES = ["mixtral", "qwen_moe", "qwen3_moe", "gpt_oss"]
 INPUTS = {
     "token_ids": np.arange(3, 19, dtype="int32").reshape(2, 8),
     "padding_mask": np.ones((2, 8), "int32"),
@@ -94,3 +95,25 @@ def test_round_trip_bitwise(family, tmp_path):
     hubquant.save(backbone, tmp_path / "q", formats=("preset", "keras", "safetensors"))
     for path in ("q", "q/model.keras", "q/model.safetensors"):
         assert np.array_equal(out(hubquant.load(tmp_path / path)), expected), path
+
+
+def test_gpt_oss_expert_biases_carried_exactly_and_generate_runs(tmp_path):
+    """gpt-oss banks: fused, interleaved gate+up with biases; biases stay float."""
+    backbone = build("gpt_oss")
+    biases = {v.path: np.asarray(v) for v in backbone.weights if v.path.endswith("proj_bias")}
+    assert len(biases) == 2 * len(backbone.transformer_layers)
+    assert all(np.any(b != 0) for b in biases.values())
+    hubquant.quantize(backbone, "int4")
+    hubquant.save(backbone, tmp_path / "q")
+    loaded = hubquant.load(tmp_path / "q")
+    for model in (backbone, loaded):
+        held = {v.path: v for v in model.weights if v.path in biases}
+        assert held.keys() == biases.keys()
+        for path, value in held.items():
+            assert value.dtype == "float32" and np.array_equal(np.asarray(value), biases[path])
+    lm = keras_hub.models.GptOssCausalLM(backbone=loaded, preprocessor=None)
+    prompt = {"token_ids": np.array([[5, 6, 7, 0, 0, 0]], "int32"), "padding_mask": None}
+    prompt["padding_mask"] = prompt["token_ids"] > 0
+    generated = lm.generate(prompt, stop_token_ids=None)["token_ids"]
+    assert generated.shape == (1, 6) and np.array_equal(generated[:, :3], [[5, 6, 7]])
+    assert np.all((generated >= 0) & (generated < backbone.vocabulary_size))

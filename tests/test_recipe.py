@@ -147,7 +147,7 @@ def test_get_recipe_by_name_or_path(tmp_path):
         get_recipe("gemma9")
     shipped = ", ".join(shipped_recipes())
     assert str(info.value) == (
-        f"recipe 'gemma9' not found: not a file and not a shipped recipe (shipped: {shipped})"
+        f"recipe 'gemma9' not found: not a file and not a known recipe (known: {shipped})"
     )
 
 
