@@ -21,6 +21,7 @@ import numpy as np
 from keras.src.backend.common import global_state
 
 from hubquant import api, models, surgery
+from hubquant._memory import release_free_memory
 from hubquant.errors import PresetError
 from hubquant.layers.base import FloatMatrix
 from hubquant.plan import Plan
@@ -215,12 +216,16 @@ def _filled(layer) -> bool:
 
 def _quantize_now(layer, entries, on_layer) -> None:
     layer.quantize(entries[0].mode)
-    if on_layer is not None:
-        on_layer(entries)
+    _done(on_layer, entries)()
 
 
 def _done(on_layer, entries):
-    return None if on_layer is None else (lambda: on_layer(entries))
+    def done() -> None:
+        release_free_memory()
+        if on_layer is not None:
+            on_layer(entries)
+
+    return done
 
 
 def _line(error: Exception) -> str:
