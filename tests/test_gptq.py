@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from gptq_reference import gptq_reference
+
 from hubquant import quantizers
 from hubquant.calibrate.gptq import gptq_quantize
 
