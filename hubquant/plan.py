@@ -82,6 +82,7 @@ class Plan:
     unmatched_rules: tuple[str, ...] = field(default=())
     config_text: str = ""  # the config as given, so an artefact can be redone
     recipe_text: str = ""
+    notes: tuple[str, ...] = field(default=(), compare=False)  # from applying it; not saved
 
     @property
     def quantized(self) -> tuple[PlanEntry, ...]:
