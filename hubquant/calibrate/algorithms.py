@@ -6,11 +6,11 @@ from hubquant.calibrate.blocks import ActivationStats, HessianStats
 from hubquant.plan import PlanEntry
 
 
-def new_stats(entry: PlanEntry, rows: int):
+def new_stats(entry: PlanEntry):
     k = entry.shape[1]
     if entry.algorithm == "gptq":
         return HessianStats(k)
-    return ActivationStats(k, rows)
+    return ActivationStats(k)
 
 
 def quantize_layer(layer, entry: PlanEntry, stats) -> None:
@@ -30,7 +30,7 @@ def quantize_layer(layer, entry: PlanEntry, stats) -> None:
     matrix, input_scale = awq_quantize(
         w,
         stats.magnitude(),
-        stats.sample(),
+        stats.gram(),
         entry.mode,
         entry.group_size,
         entry.symmetric,

@@ -157,23 +157,19 @@ def _add_gram(total, x):
     return total + jnp.matmul(x.T, x, precision=lax.Precision.HIGHEST)
 
 
-class ActivationStats:
-    """Mean absolute input per channel, and a bounded sample of input rows (AWQ)."""
+class ActivationStats(HessianStats):
+    """Mean absolute input per channel and ``X^T X / rows`` (AWQ)."""
 
-    def __init__(self, k: int, total_rows: int, max_rows: int = 4096):
+    def __init__(self, k: int):
+        super().__init__(k)
         self.abs_sum = jnp.zeros((k,), jnp.float32)
-        self.rows = 0
-        self.step = max(1, -(-total_rows // max_rows))
-        self.samples: list = []
 
     def add(self, x) -> None:
+        super().add(x)
         self.abs_sum = self.abs_sum + jnp.sum(jnp.abs(x), axis=0)
-        self.rows += x.shape[0]
-        self.samples.append(x[:: self.step])
 
     def magnitude(self) -> np.ndarray:
         return np.asarray(self.abs_sum) / max(self.rows, 1)
 
-    def sample(self) -> np.ndarray:
-        """Every ``step``-th row seen (at most about ``max_rows``)."""
-        return np.asarray(jnp.concatenate(self.samples))
+    def gram(self) -> np.ndarray:
+        return np.asarray(self.sum) / max(self.rows, 1)

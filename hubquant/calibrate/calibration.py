@@ -7,7 +7,7 @@
       seed: 0
 
 Per rule, ``gptq: {damping: 0.01, act_order: false, block_size: 128}`` and
-``awq: {grid: 20, clip: false}`` tune the algorithm a rule selects.
+``awq: {grid: 20, clip: true}`` tune the algorithm a rule selects.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ ALGORITHM_OPTIONS = {
     },
     "awq": {
         "grid": (20, _positive_int, "a positive integer (points searched for alpha in [0, 1))"),
-        "clip": (False, lambda v: isinstance(v, bool), "true or false"),
+        "clip": (True, lambda v: isinstance(v, bool), "true or false"),
     },
 }
 

@@ -38,11 +38,10 @@ def calibrate_plan(model, plan: Plan, calibration: Calibration | None = None, on
         _quantize_rtn(backbone, attr, entries, on_layer)
     block_list = _block_list(backbone, plan)
     inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
-    rows = tokens.size
     for index, block in enumerate(block_list):
         planned = by_block.get(index, {})
         if planned:
-            _quantize_block(backbone, block, index, planned, inputs, rows, on_layer)
+            _quantize_block(backbone, block, index, planned, inputs, on_layer)
         if index + 1 < len(block_list):
             inputs.run(block, index)
     fallback = {(e.attr, e.matrix) for es in direct.values() for e in es if e.algorithm != "rtn"}
@@ -97,13 +96,13 @@ def _quantize_rtn(backbone, attr: str, entries: list[PlanEntry], on_layer) -> No
         on_layer(entries)
 
 
-def _quantize_block(backbone, block, index, planned, inputs, rows, on_layer) -> None:
+def _quantize_block(backbone, block, index, planned, inputs, on_layer) -> None:
     """Collect statistics on the float block, then quantize its planned layers."""
     from hubquant.calibrate import algorithms
 
     layers = {attr: layer_at(backbone, attr) for attr in planned}
     calibrated = {a: e for a, e in planned.items() if e[0].algorithm != "rtn"}
-    stats = {attr: algorithms.new_stats(entries[0], rows) for attr, entries in calibrated.items()}
+    stats = {attr: algorithms.new_stats(entries[0]) for attr, entries in calibrated.items()}
     with blocks_mod.recording({a: layers[a] for a in stats}, stats):
         inputs.feed(block, index)
     for attr, entries in planned.items():
