@@ -19,8 +19,12 @@ def apply(
     overwrite: bool = False,
     quiet: bool = False,
     report: str | None = None,
+    calibration: list[str] | None = None,
 ) -> int:
-    """Load a float preset, quantize it as the config says, save it."""
+    """Load a float preset, quantize it as the config says, save it.
+
+    ``calibration``: text files or globs replacing the config's calibration files.
+    """
     from hubquant import api
     from hubquant import report as report_mod
     from hubquant.config import load_config
@@ -35,7 +39,7 @@ def apply(
         raise HubquantError("--output is required (or pass --dry-run). Received: output=None")
     if output is not None and not dry_run:
         check_target(Path(output).absolute(), overwrite)
-    config_obj = load_config(config)
+    config_obj = _with_calibration(load_config(config), calibration)
     recipe_obj = get_recipe(recipe) if recipe else None
     if preset is None:
         preset = DEFAULT_PRESET
@@ -56,7 +60,9 @@ def apply(
         return 0
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
-    seconds = _quantize_with_progress(model, plan, quiet)
+    plan, seconds = _quantize_with_progress(model, plan, quiet, config_obj.calibration)
+    for line in plan.notes:
+        say(f"note: {line}")
     api.save(model, output, format_list, overwrite=overwrite)
     say(report_mod.role_table(plan, seconds))
     if report:
@@ -65,16 +71,29 @@ def apply(
     return 0
 
 
-def _quantize_with_progress(model, plan, quiet: bool) -> dict[str, float]:
+def _quantize_with_progress(model, plan, quiet: bool, calibration=None):
     from hubquant import api
     from hubquant.progress import Progress
 
     progress = Progress(plan, quiet=quiet)
     try:
-        api.apply_plan(model, plan, on_layer=progress)
+        plan = api.apply_plan(model, plan, on_layer=progress, calibration=calibration)
     finally:
         progress.close()
-    return progress.seconds
+    return plan, progress.seconds
+
+
+def _with_calibration(config, files: list[str] | None):
+    """``config`` with ``--calibration`` files in place of its own; checked early."""
+    import dataclasses
+
+    from hubquant.calibrate.calibration import Calibration, require_calibration
+
+    if files:
+        base = config.calibration or Calibration(source="--calibration")
+        config = dataclasses.replace(config, calibration=base.with_files(tuple(files)))
+    require_calibration(config)
+    return config
 
 
 def _formats(text: str) -> tuple[str, ...]:

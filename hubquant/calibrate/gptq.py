@@ -7,8 +7,9 @@ loop over the columns inside a block (rank-1 updates of the block only), and
 one block-level matrix product that carries the block's errors to every later
 column (the "lazy batch" update).
 
-Group scales and zero points follow hubquant's round-to-nearest conventions
-(docs/format.md) at clip ratio 1.0 (plain min/max), computed from the
+Group scales and zero points are hubquant's round-to-nearest ones
+(docs/format.md: the clipping search and least-squares refits; with
+``search=False`` plain min/max, as in the reference), computed from the
 error-updated weights when the sweep reaches a group's first column. With
 ``act_order`` (columns visited by decreasing Hessian diagonal) the groups are
 *static*: each group's parameters come from the original weights before the
@@ -39,6 +40,7 @@ def gptq_quantize(
     damping: float = 0.01,
     act_order: bool = False,
     block_size: int = 128,
+    search: bool = True,
 ) -> QuantizedMatrix:
     """GPTQ codes and scales for ``w`` ``[N, K]`` given ``hessian`` ``[K, K]``
     (``2 X^T X / rows`` of the layer's inputs), in hubquant's storage format."""
@@ -50,7 +52,8 @@ def gptq_quantize(
     gs = k if group_size == -1 else group_size
     static = act_order or group_size == -1
     h, w = _without_dead_columns(np.array(hessian, np.float64), w)
-    col_scale, col_zero = _static_params(w, gs, symmetric, bits) if static else (None, None)
+    search = search and bits == 4
+    col_scale, col_zero = _static_params(w, gs, symmetric, bits, search) if static else (None, None)
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     block = block_size if static else max(gs, -(-block_size // gs) * gs)
     kp = -(-k // block) * block
@@ -71,6 +74,7 @@ def gptq_quantize(
         symmetric=symmetric,
         bits=bits,
         static=static,
+        search=search,
     )
     codes = np.empty((n, k), np.int8)
     codes[:, perm] = np.asarray(q)[:, :k].astype(np.int8)
@@ -105,21 +109,32 @@ def inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
     return np.linalg.cholesky(hinv).T.astype(np.float32)
 
 
-def _static_params(w: np.ndarray, gs: int, symmetric: bool, bits: int):
+def _group_params(w, symmetric: bool, bits: int, search: bool):
+    """Scale and zero point per group of ``w`` ``[..., gs]``."""
+    if search:
+        _, scale, zero = quantizers._grid_chunk(
+            w, symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
+        )
+        return scale, zero.astype(w.dtype)
+    _, scale, zero, _ = quantizers._candidate(w, 1.0, symmetric, bits)
+    return scale, zero
+
+
+def _static_params(w: np.ndarray, gs: int, symmetric: bool, bits: int, search: bool):
     """Per-column scale and zero ``[N, K]`` from each group of the original ``w``."""
     n, k = w.shape
     g = -(-k // gs)
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = w
-    _, scale, zero, _ = quantizers._candidate(
-        jnp.asarray(padded.reshape(n, g, gs)), 1.0, symmetric, bits
-    )
+    scale, zero = _group_params(jnp.asarray(padded.reshape(n, g, gs)), symmetric, bits, search)
     per_col = np.repeat(np.asarray(scale), gs, axis=1)[:, :k]
     return per_col, np.repeat(np.asarray(zero), gs, axis=1)[:, :k]
 
 
-@functools.partial(jax.jit, static_argnames=("block", "group", "symmetric", "bits", "static"))
-def _sweep(w, hinv, col_scale, col_zero, *, block, group, symmetric, bits, static):
+@functools.partial(
+    jax.jit, static_argnames=("block", "group", "symmetric", "bits", "static", "search")
+)
+def _sweep(w, hinv, col_scale, col_zero, *, block, group, symmetric, bits, static, search):
     """Codes ``[N, Kp]`` and (non-static) group scales and zeros ``[N, Kp / group]``."""
     n, kp = w.shape
     top = 2 ** (bits - 1) - 1
@@ -133,9 +148,9 @@ def _sweep(w, hinv, col_scale, col_zero, *, block, group, symmetric, bits, stati
         else:
 
             def fresh(_):
-                wg = lax.dynamic_slice(w1, (0, i), (n, group))
-                _, scale, zero, _ = quantizers._candidate(wg, 1.0, symmetric, bits)
-                return scale, zero
+                wg = lax.dynamic_slice(w1, (0, i), (n, group))[:, None, :]
+                scale, zero = _group_params(wg, symmetric, bits, search)
+                return scale[:, 0], zero[:, 0]
 
             s, z = lax.cond(i % group == 0, fresh, lambda _: (s, z), None)
             sg, zg = sg.at[:, i // group].set(s), zg.at[:, i // group].set(z)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from hubquant.calibrate import blocks as blocks_mod
 from hubquant.calibrate.calibration import (
     Calibration,
@@ -25,14 +27,20 @@ def needs_calibration(plan: Plan) -> bool:
     return any(e.algorithm != "rtn" for e in plan.quantized)
 
 
-def calibrate_plan(model, plan: Plan, calibration: Calibration | None = None, on_layer=None):
+def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
     """Quantize every planned layer of ``model`` (already swapped); return the
-    Plan as applied (fallbacks to round-to-nearest recorded) and notes."""
+    Plan as applied (fallbacks to round-to-nearest recorded) and notes.
+
+    ``calibration``: a ``Calibration`` (default: the config's section), or the
+    token ids themselves (int ``[samples, seq_len]``).
+    """
     from hubquant.api import backbone_of
 
-    calibration = _calibration_for(plan, calibration)
     backbone = backbone_of(model)
-    tokens = calibration_tokens(model, calibration)
+    if isinstance(calibration, np.ndarray):
+        tokens = calibration.astype("int32")
+    else:
+        tokens = calibration_tokens(model, _calibration_for(plan, calibration))
     by_block, direct, notes = _split(plan)
     for attr, entries in direct.items():
         _quantize_rtn(backbone, attr, entries, on_layer)
