@@ -147,21 +147,17 @@ def test_awq_layers_are_refused_by_the_hf_export(quantized, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_calibration_from_the_config_section(tmp_path):
-    text = tmp_path / "cal.txt"
-    text.write_text(synthetic._CORPUS * 4)
-    section = f"calibration: {{files: ['{tmp_path}/*.txt'], num_samples: 4, seq_len: 16}}\n"
+def test_config_section_and_rtn_fallback_for_the_token_table(tmp_path):
+    """Calibration text from the config; the token table is quantized by RTN, noted."""
+    (tmp_path / "cal.txt").write_text(synthetic._CORPUS * 4)
+    text = (
+        "default: {mode: int4, group_size: 32, algorithm: gptq}\n"
+        f"calibration: {{files: ['{tmp_path}/*.txt'], num_samples: 4, seq_len: 16}}\n"
+    )
     lm = _llama()
-    plan = hubquant.quantize(lm, parse_config(_config("gptq", section), "c.yaml"))
-    assert {e.algorithm for e in plan.quantized} == {"gptq"}
-
-
-def test_token_table_falls_back_to_rtn_with_a_note(tokens):
-    lm = _llama()
-    config = parse_config("default: {mode: int8, algorithm: gptq}\n", "c.yaml")
-    plan = hubquant.apply_plan(lm, hubquant.plan_for(lm, config), calibration=tokens[0])
-    table = [e for e in plan.entries if e.block is None]
-    assert {e.algorithm for e in table} == {"rtn"}
+    plan = hubquant.quantize(lm, parse_config(text, "c.yaml"))
+    assert {e.algorithm for e in plan.quantized if e.block is not None} == {"gptq"}
+    assert {e.algorithm for e in plan.entries if e.block is None} == {"rtn"}
     assert plan.notes == (
         "token_embedding (embed): gptq is not applied outside the transformer blocks; "
         "quantized by round-to-nearest",

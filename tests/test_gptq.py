@@ -33,7 +33,7 @@ def layer():
 
 @pytest.mark.parametrize(
     ("group_size", "symmetric", "block_size"),
-    [(64, False, 128), (40, True, 120), (-1, True, 128), (48, False, 144)],
+    [(64, False, 128), (40, True, 120), (-1, True, 128)],
 )
 def test_matches_numpy_reference(layer, group_size, symmetric, block_size):
     w, h, _ = layer
@@ -52,8 +52,9 @@ def _output_error(w, matrix, x, group_size=None):
     return float(np.mean((x @ (deq - w).T) ** 2))
 
 
-@pytest.mark.parametrize("act_order", [False, True])
-@pytest.mark.parametrize(("group_size", "symmetric"), [(64, False), (-1, True)])
+@pytest.mark.parametrize(
+    ("group_size", "symmetric", "act_order"), [(64, False, False), (-1, True, True)]
+)
 def test_lower_output_error_than_rtn_on_held_out_inputs(layer, group_size, symmetric, act_order):
     w, h, x = layer
     got = gptq_quantize(w, h, "int4", group_size, symmetric, act_order=act_order)
