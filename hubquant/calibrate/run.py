@@ -44,14 +44,8 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
     by_block, direct, notes = _split(plan)
     for attr, entries in direct.items():
         _quantize_rtn(backbone, attr, entries, on_layer)
-    block_list = _block_list(backbone, plan)
-    inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
-    for index, block in enumerate(block_list):
-        planned = by_block.get(index, {})
-        if planned:
-            _quantize_block(backbone, block, index, planned, inputs, on_layer)
-        if index + 1 < len(block_list):
-            inputs.run(block, index)
+    if by_block:
+        _run_blocks(backbone, plan, by_block, tokens, on_layer)
     fallback = {(e.attr, e.matrix) for es in direct.values() for e in es if e.algorithm != "rtn"}
     entries = tuple(
         dataclasses.replace(e, algorithm="rtn", algorithm_options=None)
@@ -60,6 +54,19 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
         for e in plan.entries
     )
     return dataclasses.replace(plan, entries=entries), notes
+
+
+def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer) -> None:
+    """Block by block: statistics on the float block, quantize, pass outputs on."""
+    block_list = _block_list(backbone, plan)
+    inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
+    last = max(by_block)
+    for index, block in enumerate(block_list[: last + 1]):
+        planned = by_block.get(index, {})
+        if planned:
+            _quantize_block(backbone, block, index, planned, inputs, on_layer)
+        if index < last:
+            inputs.run(block, index)
 
 
 def _calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:
