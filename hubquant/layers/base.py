@@ -226,7 +226,11 @@ class QuantizedLayerMixin:
         return w[:, : spec.k]
 
     def _spec_config(self) -> dict:
-        return {name: asdict(spec) for name, spec in self.hubquant_specs.items()}
+        """Specs as saved; ``input_scale`` only where set (older configs lack it)."""
+        return {
+            name: {k: v for k, v in asdict(spec).items() if k != "input_scale" or v}
+            for name, spec in self.hubquant_specs.items()
+        }
 
 
 def specs_from_config(config: dict | None) -> dict:
