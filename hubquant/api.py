@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from keras_hub.models import Task
@@ -39,16 +40,29 @@ def quantize(
 ) -> Plan:
     """Quantize a KerasHub task or backbone in place; return the Plan used."""
     plan = plan_for(model, config, recipe, strict)
-    apply_plan(model, plan, on_layer=on_layer)
-    return plan
+    calibration = config.calibration if isinstance(config, Config) else None
+    return apply_plan(model, plan, on_layer=on_layer, calibration=calibration)
 
 
-def apply_plan(model, plan: Plan, on_layer=None) -> None:
-    """Surgery then quantization, as the Plan says."""
+def apply_plan(model, plan: Plan, on_layer=None, calibration=None) -> Plan:
+    """Surgery then quantization, as the Plan says; returns the Plan as applied.
+
+    Entries with a calibrated algorithm (GPTQ, AWQ) run block by block on
+    ``calibration`` (default: the ``calibration:`` section of the Plan's config);
+    where one falls back to round-to-nearest, the returned Plan says so and
+    carries a note.
+    """
+    from hubquant.calibrate.run import calibrate_plan, needs_calibration
+
     backbone = backbone_of(model)
     surgery.swap_layers(backbone, plan)
-    surgery.quantize_layers(backbone, plan, on_layer=on_layer)
+    if needs_calibration(plan):
+        plan, notes = calibrate_plan(model, plan, calibration, on_layer=on_layer)
+        plan = replace(plan, notes=tuple(notes))
+    else:
+        surgery.quantize_layers(backbone, plan, on_layer=on_layer)
     models.mark_quantized(model, plan)
+    return plan
 
 
 def backbone_of(model):

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     apply.add_argument("--quiet", action="store_true", help="print only errors")
     apply.add_argument("--report", help="also write the per-role report as JSON to this file")
+    apply.add_argument(
+        "--calibration",
+        action="append",
+        metavar="FILE",
+        help="calibration text file or glob for GPTQ/AWQ rules (repeatable; replaces the "
+        "config's calibration files)",
+    )
 
     export = sub.add_parser("export", help="export a hubquant artefact (to Hugging Face)")
     export.add_argument("source", help="a hubquant folder, .keras or .safetensors file")
@@ -135,6 +142,7 @@ def _dispatch(args) -> int:
             overwrite=args.overwrite,
             quiet=args.quiet,
             report=args.report,
+            calibration=args.calibration,
         )
     if args.command == "inspect":
         return commands.inspect(args.path, args.json)

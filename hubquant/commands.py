@@ -19,15 +19,17 @@ def apply(
     overwrite: bool = False,
     quiet: bool = False,
     report: str | None = None,
+    calibration: list[str] | None = None,
 ) -> int:
-    """Load a float preset, quantize it as the config says, save it."""
-    from hubquant import api, stream
+    """Load a float preset, quantize it as the config says, save it.
+
+    ``calibration``: text files or globs replacing the config's calibration files.
+    """
+    from hubquant import api
     from hubquant import report as report_mod
     from hubquant.config import load_config
     from hubquant.io.output import check_target
-    from hubquant.progress import Progress
     from hubquant.recipe import get_recipe
-    from hubquant.source import load_source
     from hubquant.synthetic import DEFAULT_PRESET
 
     say = (lambda *a: None) if quiet else print
@@ -36,7 +38,7 @@ def apply(
         raise HubquantError("--output is required (or pass --dry-run). Received: output=None")
     if output is not None and not dry_run:
         check_target(Path(output).absolute(), overwrite)
-    config_obj = load_config(config)
+    config_obj = _with_calibration(load_config(config), calibration)
     recipe_obj = get_recipe(recipe) if recipe else None
     if preset is None:
         preset = DEFAULT_PRESET
@@ -51,12 +53,7 @@ def apply(
             f"using the built-in preset '{DEFAULT_PRESET}': synthetic random weights; it shows the pipeline, not a useful model"
         )
     _check_recipe(preset, recipe_obj)  # before reading weights that no recipe serves
-    if preset == DEFAULT_PRESET:
-        model = load_source(preset)
-        plan = api.plan_for(model, config_obj, recipe_obj, strict=strict)
-    else:  # read as quantized, layer by layer: the float model is never held
-        pending = stream.prepare(preset, config_obj, recipe_obj, strict=strict)
-        model, plan = None, pending.plan
+    model, plan, pending = _source(preset, config_obj, recipe_obj, strict)
     if dry_run:
         print(report_mod.plan_table(plan))
         return 0
@@ -66,18 +63,43 @@ def apply(
         check_exportable(plan)  # before the minutes quantizing takes
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
-    with Progress(plan, quiet=quiet) as progress:
-        if model is None:
-            model = stream.read_quantized(pending, on_layer=progress)
-        else:
-            api.apply_plan(model, plan, on_layer=progress)
-    seconds = progress.seconds
+    model, plan, seconds = _quantize_with_progress(model, plan, pending, quiet, config_obj)
+    for line in plan.notes:
+        say(f"note: {line}")
     api.save(model, output, format_list, overwrite=overwrite)
     say(report_mod.role_table(plan, seconds))
     if report:
         _write_report(Path(report), report_mod.role_report(plan, seconds))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0
+
+
+def _source(preset: str, config, recipe, strict: bool):
+    """``(model, plan, pending)``: a preset is streamed (``model`` None until
+    read) unless the synthetic default or a calibrated algorithm needs the
+    float model in memory."""
+    from hubquant import api, stream
+    from hubquant.source import load_source
+    from hubquant.synthetic import DEFAULT_PRESET
+
+    if preset != DEFAULT_PRESET:
+        pending = stream.prepare(preset, config, recipe, strict=strict)
+        if all(e.algorithm == "rtn" for e in pending.plan.quantized):
+            return None, pending.plan, pending
+    model = load_source(preset)
+    return model, api.plan_for(model, config, recipe, strict=strict), None
+
+
+def _quantize_with_progress(model, plan, pending, quiet: bool, config):
+    from hubquant import api, stream
+    from hubquant.progress import Progress
+
+    with Progress(plan, quiet=quiet) as progress:
+        if pending is not None:
+            model = stream.read_quantized(pending, on_layer=progress)
+        else:
+            plan = api.apply_plan(model, plan, on_layer=progress, calibration=config.calibration)
+    return model, plan, progress.seconds
 
 
 def _write_report(path: Path, data: dict) -> None:
@@ -97,6 +119,19 @@ def _check_recipe(preset: str, recipe) -> None:
     names = backbone_class_names(preset)
     if names is not None:
         recipe_for_backbone(names, extra=recipe)
+
+
+def _with_calibration(config, files: list[str] | None):
+    """``config`` with ``--calibration`` files in place of its own; checked early."""
+    import dataclasses
+
+    from hubquant.calibrate.calibration import Calibration, require_calibration
+
+    if files:
+        base = config.calibration or Calibration(source="--calibration")
+        config = dataclasses.replace(config, calibration=base.with_files(tuple(files)))
+    require_calibration(config)
+    return config
 
 
 def _formats(text: str) -> tuple[str, ...]:

@@ -26,11 +26,11 @@ KNOWN_ROLES = (
 )
 # fmt: on
 MODES = ("none", "int8", "int4")
-ALGORITHMS = ("rtn",)
-OPTION_KEYS = ("mode", "group_size", "symmetric", "algorithm")
+ALGORITHMS = ("rtn", "gptq", "awq")
+OPTION_KEYS = ("mode", "group_size", "symmetric", "algorithm", "gptq", "awq")
 MATCH_KEYS = ("role", "blocks", "path")
 RULE_KEYS = ("match", *OPTION_KEYS)
-TOP_KEYS = ("default", "rules")
+TOP_KEYS = ("default", "rules", "calibration")
 _ROLES = ", ".join(KNOWN_ROLES)
 _SLICE = re.compile(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?")
 
@@ -43,9 +43,13 @@ class Options:
     group_size: int = 128
     symmetric: bool = False
     algorithm: str = "rtn"
+    # Per-algorithm settings as given (key, value) pairs; defaults filled later.
+    gptq: tuple[tuple[str, object], ...] = ()
+    awq: tuple[tuple[str, object], ...] = ()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if k not in ("gptq", "awq") or v}
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class Config:
     default: Options
     rules: tuple[Rule, ...]
     text: str
+    calibration: object = None  # hubquant.calibrate.calibration.Calibration or None
 
     def resolve(
         self, role: str, block: int | None, num_blocks: int, path: str
@@ -152,7 +157,10 @@ def parse_config(text: str, source: str) -> Config:
         raise ConfigError(message(source, "rules", "expected a list of rules", rules))
     options = Options(**_checked(default, _OPTION_CHECKS, where))
     parsed = tuple(_rule(raw, n, source) for n, raw in enumerate(rules, 1))
-    return Config(source, options, parsed, text)
+    from hubquant.calibrate.calibration import parse_calibration
+
+    calibration = parse_calibration(data.get("calibration"), source)
+    return Config(source, options, parsed, text, calibration)
 
 
 def _rule(raw: object, number: int, source: str) -> Rule:
@@ -171,7 +179,13 @@ def _checked(raw: dict, checks: dict, where: str, prefix: str = "") -> dict:
     for key, check in checks.items():
         if key in raw and (expected := check(raw[key])):
             raise ConfigError(message(where, prefix + key, expected, raw[key]))
-    return {key: raw[key] for key in checks if key in raw}
+    checked = {key: raw[key] for key in checks if key in raw}
+    for name in ("gptq", "awq"):
+        if name in checked:
+            from hubquant.calibrate.calibration import check_algorithm_options
+
+            checked[name] = check_algorithm_options(name, checked[name], where)
+    return checked
 
 
 def _unless(ok: object, expected: str) -> str | None:
@@ -205,6 +219,8 @@ _OPTION_CHECKS = {
     ),
     "symmetric": lambda v: _unless(isinstance(v, bool), "expected true or false"),
     "algorithm": lambda v: _unless(v in ALGORITHMS, f"expected one of: {', '.join(ALGORITHMS)}"),
+    "gptq": lambda v: _unless(isinstance(v, dict), "expected a mapping of GPTQ options"),
+    "awq": lambda v: _unless(isinstance(v, dict), "expected a mapping of AWQ options"),
 }
 _MATCH_CHECKS = {
     "role": lambda v: _unless(

@@ -37,6 +37,8 @@ class PlanEntry:
     kernel_shape: tuple[int, ...]  # the float variable's shape in Keras layout
     rule: int | None  # number of the rule that decided it; None = default
     hf: str | None = None
+    # GPTQ/AWQ settings (defaults filled in); None for round-to-nearest.
+    algorithm_options: dict | None = None
 
     @property
     def params(self) -> int:
@@ -80,6 +82,7 @@ class Plan:
     unmatched_rules: tuple[str, ...] = field(default=())
     config_text: str = ""  # the config as given, so an artefact can be redone
     recipe_text: str = ""
+    notes: tuple[str, ...] = field(default=(), compare=False)  # from applying it; not saved
 
     @property
     def quantized(self) -> tuple[PlanEntry, ...]:
@@ -181,6 +184,7 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
                         kernel_shape=variable_shape(layer, matrix),
                         rule=None if rule is None else rule.number,
                         hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
+                        algorithm_options=_algorithm_options(options),
                     )
                 )
     entries.sort(key=lambda e: -1 if e.block is None else e.block)  # block by block
@@ -201,6 +205,14 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
         config_text=config.text,
         recipe_text=recipe.text,
     )
+
+
+def _algorithm_options(options) -> dict | None:
+    if options.mode == "none" or options.algorithm == "rtn":
+        return None
+    from hubquant.calibrate.calibration import algorithm_options
+
+    return algorithm_options(options.algorithm, dict(getattr(options, options.algorithm)))
 
 
 def _blocks(backbone, recipe: Recipe) -> list:

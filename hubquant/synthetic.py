@@ -135,6 +135,23 @@ def make_trained_like(model: keras.Model, seed: int, std: float = 0.02) -> None:
         var.assign(w.astype(var.dtype))
 
 
+def add_activation_outliers(backbone, seed: int, factor: float = 10.0) -> list[int]:
+    """Give the residual stream trained-like activations: hidden channels
+    correlated (the token table mixed by a random matrix) and a few of them
+    ``factor`` times larger than the rest, as in trained LLMs. Every block's
+    projections then see both. Returns the outlier channels."""
+    table = backbone.token_embedding.embeddings
+    hidden = table.shape[1]
+    rng = np.random.default_rng(seed)
+    channels = sorted(rng.choice(hidden, max(1, hidden // 32), replace=False).tolist())
+    w = np.array(keras.ops.convert_to_numpy(table), np.float32)
+    mix = 0.5 * np.eye(hidden) + rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)
+    w = (w @ mix) * (np.std(w) / np.std(w @ mix))
+    w[:, channels] *= factor
+    table.assign(w.astype(table.dtype))
+    return channels
+
+
 def _task(task_cls, backbone, tokenizer, seed):
     preprocessor = task_cls.preprocessor_cls(tokenizer, sequence_length=32)
     lm = task_cls(backbone=backbone, preprocessor=preprocessor)

@@ -14,7 +14,7 @@ from hubquant.config import (
 from hubquant.errors import ConfigError
 
 ROLES = ", ".join(KNOWN_ROLES)
-RULE_KEYS = "match, mode, group_size, symmetric, algorithm"
+RULE_KEYS = "match, mode, group_size, symmetric, algorithm, gptq, awq"
 GROUP_SIZE = "expected a positive integer, or -1 for one group per channel"
 BLOCKS = (
     "expected a non-empty list of block indices (negative counts from the end) "
@@ -170,17 +170,18 @@ def test_describe_and_unmatched_rules():
         ),
         (
             "- mode: int8\n",
-            "c.yaml: expected a mapping with keys default, rules. "
+            "c.yaml: expected a mapping with keys default, rules, calibration. "
             "Received: config=[{'mode': 'int8'}]",
         ),
         (
             "rule: []\n",
-            "c.yaml: key 'rule': unknown key; expected one of default, rules. Received: rule=[]",
+            "c.yaml: key 'rule': unknown key; expected one of default, rules, calibration. "
+            "Received: rule=[]",
         ),
         (
             "default: {mdoe: int8}\n",
             "c.yaml: default: key 'mdoe': unknown key; expected one of mode, "
-            "group_size, symmetric, algorithm. Received: mdoe='int8'",
+            "group_size, symmetric, algorithm, gptq, awq. Received: mdoe='int8'",
         ),
         (
             "rules: {mode: int8}\n",
@@ -226,8 +227,9 @@ def test_describe_and_unmatched_rules():
             "c.yaml: default: key 'symmetric': expected true or false. Received: symmetric='yes'",
         ),
         (
-            "rules:\n  - {algorithm: gptq}\n",
-            "c.yaml: rule 1: key 'algorithm': expected one of: rtn. Received: algorithm='gptq'",
+            "rules:\n  - {algorithm: gptx}\n",
+            "c.yaml: rule 1: key 'algorithm': expected one of: rtn, gptq, awq. "
+            "Received: algorithm='gptx'",
         ),
         (
             "rules:\n  - match: {path: '('}\n",

@@ -157,6 +157,12 @@ def _is_linear(entry: PlanEntry) -> bool:
 
 def _check_exportable(entry: PlanEntry) -> None:
     k = entry.shape[1]
+    if entry.algorithm == "awq":
+        raise HubquantError(
+            f"layer '{entry.path}' ({entry.role}): quantized with AWQ, it holds a per-input-"
+            "channel scale (kernel_input_scale) that compressed-tensors has no place for; "
+            "export needs algorithm rtn or gptq for this layer. Received: algorithm='awq'"
+        )
     if entry.mode == "int4" and _group(entry) != -1 and k % entry.group_size:
         raise HubquantError(
             f"layer '{entry.path}' ({entry.role}): compressed-tensors needs the input size "

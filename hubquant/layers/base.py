@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from keras import ops
@@ -33,6 +33,9 @@ class MatrixSpec:
     symmetric: bool
     n: int = 0
     k: int = 0
+    # AWQ: a float32 [K] multiplier applied to the inputs (folded into the
+    # dequantized matrix): w ~ (q - zero) * scale * input_scale[k].
+    input_scale: bool = False
 
     @property
     def groups(self) -> int:
@@ -45,16 +48,20 @@ class MatrixSpec:
     def variable_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Variable suffix -> (shape, dtype), in the fixed saving order."""
         if self.mode == "int8":
-            return {
-                "codes": ((self.n, self.k), "int8"),
-                "scale": ((self.n,), "float32"),
-            }
+            return self._with_input_scale(
+                {"codes": ((self.n, self.k), "int8"), "scale": ((self.n,), "float32")}
+            )
         shapes = {
             "codes": ((self.n, -(-self.k // 2)), "int8"),
             "scale": ((self.n, self.groups), "float32"),
         }
         if self.has_zero:
             shapes["zero"] = ((self.n, self.groups), "int8")
+        return self._with_input_scale(shapes)
+
+    def _with_input_scale(self, shapes: dict) -> dict:
+        if self.input_scale:
+            shapes["input_scale"] = ((self.k,), "float32")
         return shapes
 
 
@@ -110,13 +117,16 @@ class QuantizedLayerMixin:
         self._tracker.unlock()
         try:
             floats = self._float_matrices()
-            for name, spec in self.hubquant_specs.items():
+            for name, spec in list(self.hubquant_specs.items()):
                 fm = floats[name]
                 matrix = values.get(name)
                 if matrix is None:
                     matrix = _quantize(fm.to_matrix(getattr(self, fm.attr)), spec)
+                input_scale = values.get(f"{name}_input_scale")
+                spec = replace(spec, input_scale=input_scale is not None)
+                self.hubquant_specs[name] = spec
                 self._drop_variable(fm.attr)
-                self._build_matrix(name, spec, matrix)
+                self._build_matrix(name, spec, matrix, input_scale)
             self._is_quantized = True
         finally:
             self._tracker.lock()
@@ -140,7 +150,11 @@ class QuantizedLayerMixin:
 
     # -- variables ----------------------------------------------------------
     def _build_matrix(
-        self, name: str, spec: MatrixSpec, matrix: quantizers.QuantizedMatrix | None = None
+        self,
+        name: str,
+        spec: MatrixSpec,
+        matrix: quantizers.QuantizedMatrix | None = None,
+        input_scale=None,
     ) -> None:
         """Create a matrix's variables, holding ``matrix`` (or zeros until loaded)."""
         values = (
@@ -148,6 +162,8 @@ class QuantizedLayerMixin:
             if matrix is None
             else {"codes": matrix.codes, "scale": matrix.scale, "zero": matrix.zero}
         )
+        if input_scale is not None:
+            values["input_scale"] = np.asarray(input_scale, np.float32)
         for suffix, (shape, dtype) in spec.variable_shapes().items():
             value = values.get(suffix)
             var = self.add_weight(
@@ -254,9 +270,15 @@ class QuantizedLayerMixin:
         parts = [getattr(self, f"{name}_{s}") for s in spec.variable_shapes()]
         if rows is not None:
             parts = [ops.take(p, rows, axis=0) for p in parts]
+        if spec.input_scale:
+            return ops.cast(self._dequantized_f32(spec, parts) * parts[-1][None, :], dtype)
+        return ops.cast(self._dequantized_f32(spec, parts), dtype)
+
+    @staticmethod
+    def _dequantized_f32(spec: MatrixSpec, parts: list):
         codes, scale = parts[0], parts[1]
         if spec.mode == "int8":
-            return ops.cast(ops.cast(codes, "float32") * scale[:, None], dtype)
+            return ops.cast(codes, "float32") * scale[:, None]
         n = ops.shape(codes)[0]
         q = ops.cast(unpack_int4(codes, spec.k, axis=-1), "float32")
         gs = spec.k if spec.group_size == -1 else spec.group_size
@@ -267,10 +289,14 @@ class QuantizedLayerMixin:
         if spec.has_zero:
             q = q - ops.cast(parts[2], "float32")[..., None]
         w = ops.reshape(q * scale[..., None], (n, spec.groups * gs))
-        return ops.cast(w[:, : spec.k], dtype)
+        return w[:, : spec.k]
 
     def _spec_config(self) -> dict:
-        return {name: asdict(spec) for name, spec in self.hubquant_specs.items()}
+        """Specs as saved; ``input_scale`` only where set (older configs lack it)."""
+        return {
+            name: {k: v for k, v in asdict(spec).items() if k != "input_scale" or v}
+            for name, spec in self.hubquant_specs.items()
+        }
 
 
 @functools.cache

@@ -30,7 +30,8 @@ class _QuantProjection(QuantizedLayerMixin):
         return [self.kernel] + ([] if self.bias is None else [self.bias])
 
     def _quantized_forward(self, inputs, training=None):
-        if self.hubquant_specs["kernel"].mode == "int8":
+        spec = self.hubquant_specs["kernel"]
+        if spec.mode == "int8" and not spec.input_scale:
             codes = self.layout.from_matrix(ops.cast(self.kernel_codes, self.compute_dtype))
             x = self._project(inputs, codes)
             x = x * ops.cast(self.layout.output_scale(self.kernel_scale), x.dtype)

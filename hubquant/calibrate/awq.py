@@ -1,0 +1,134 @@
+"""AWQ: activation-aware scaling of input channels before rounding (Lin et al., 2023).
+
+Input channels that carry large activations matter more, so their weights are
+scaled up before quantization (``W' = W * s``) and the inputs scaled down
+(``x / s``), which the layer keeps as a per-input-channel multiplier
+(``kernel_input_scale = 1 / s``, folded into the dequantized kernel). The
+scale is ``s = m^alpha`` (``m``: mean absolute input per channel, normalised
+so that ``max(s) * min(s) = 1``), with ``alpha`` searched on a grid in
+``[0, 1)`` for the smallest output error on the calibration inputs.
+``alpha = 0`` is plain round-to-nearest, so the search never does worse there.
+
+Output errors are measured through the inputs' Gram matrix ``X^T X``
+(``||X D^T||^2 = trace(D X^T X D^T)``), so no activations are kept.
+With ``clip``, each group's range is then shrunk by the ratio (1.0 down to
+0.5) that minimises that group's output error.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from hubquant import quantizers
+from hubquant.quantizers import QuantizedMatrix
+
+CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.5, 11))
+
+
+def awq_quantize(
+    w: np.ndarray,
+    magnitude: np.ndarray,
+    gram: np.ndarray,
+    mode: str,
+    group_size: int = 128,
+    symmetric: bool = False,
+    grid: int = 20,
+    clip: bool = False,
+) -> tuple[QuantizedMatrix, np.ndarray]:
+    """Codes of ``w * s`` and the input multiplier ``1 / s`` ``[K]``.
+
+    ``magnitude``: mean ``|x|`` per input channel; ``gram``: ``X^T X / rows``.
+    """
+    w = np.asarray(w, np.float32)
+    k = w.shape[1]
+    bits = 8 if mode == "int8" else 4
+    if mode == "int8":
+        group_size, symmetric = -1, True
+    gs = k if group_size == -1 else group_size
+    alphas = jnp.arange(grid, dtype=jnp.float32) / grid
+    errors = _scale_errors(
+        jnp.asarray(w),
+        jnp.asarray(magnitude),
+        jnp.asarray(gram),
+        alphas,
+        gs=gs,
+        symmetric=symmetric,
+        bits=bits,
+    )
+    best = float(alphas[int(jnp.argmin(errors))])
+    s = np.asarray(_scales(jnp.asarray(magnitude), best))
+    scaled = w * s[None, :]
+    if mode == "int8":
+        matrix = quantizers.quantize_int8(scaled)
+    elif clip:
+        matrix = _clipped_int4(scaled, gram / (s[:, None] * s[None, :]), gs, group_size, symmetric)
+    else:
+        matrix = quantizers.quantize_int4(scaled, group_size, symmetric)
+    return matrix, (1.0 / s).astype(np.float32)
+
+
+def _scales(magnitude, alpha):
+    s = jnp.maximum(magnitude, 1e-8) ** alpha
+    s = jnp.maximum(s, 1e-4)
+    return s / jnp.sqrt(jnp.max(s) * jnp.min(s))
+
+
+def _fake_quant(w, gs: int, symmetric: bool, bits: int, ratio=1.0):
+    """Round-to-nearest at min/max (times ``ratio``) per group, dequantized."""
+    n, k = w.shape
+    g = -(-k // gs)
+    grouped = jnp.pad(w, ((0, 0), (0, g * gs - k))).reshape(n, g, gs)
+    q, scale, zero, _ = quantizers._candidate(grouped, ratio, symmetric, bits)
+    deq = (q - zero[..., None]) * scale[..., None]
+    return deq.reshape(n, g * gs)[:, :k]
+
+
+@functools.partial(jax.jit, static_argnames=("gs", "symmetric", "bits"))
+def _scale_errors(w, magnitude, gram, alphas, *, gs, symmetric, bits):
+    """Output error (up to a constant factor) of each candidate ``alpha``."""
+
+    def error(alpha):
+        s = _scales(magnitude, alpha)
+        d = _fake_quant(w * s[None, :], gs, symmetric, bits) / s[None, :] - w
+        dg = jnp.matmul(d, gram, precision=lax.Precision.HIGHEST)
+        return jnp.sum(dg * d)
+
+    return lax.map(error, alphas)
+
+
+def _clipped_int4(w, gram, gs: int, group_size: int, symmetric: bool) -> QuantizedMatrix:
+    """int4 with each group's clip ratio chosen by its own output error."""
+    n, k = w.shape
+    g = -(-k // gs)
+    padded = np.zeros((n, g * gs), np.float32)
+    padded[:, :k] = w
+    gp = np.zeros((g * gs, g * gs), np.float32)
+    gp[:k, :k] = gram
+    blocks = gp.reshape(g, gs, g, gs)[np.arange(g), :, np.arange(g), :]  # [g, gs, gs]
+    codes, scale, zero = _clip_search(
+        jnp.asarray(padded.reshape(n, g, gs)), jnp.asarray(blocks), symmetric=symmetric
+    )
+    codes = np.asarray(codes).reshape(n, g * gs)[:, :k]
+    zero = None if symmetric else np.asarray(zero).astype(np.int8)
+    return QuantizedMatrix(quantizers.pack_int4(codes), np.asarray(scale, np.float32), zero)
+
+
+@functools.partial(jax.jit, static_argnames=("symmetric",))
+def _clip_search(w, blocks, *, symmetric):
+    def candidate(ratio):
+        q, scale, zero, _ = quantizers._candidate(w, ratio, symmetric, 4)
+        d = (q - zero[..., None]) * scale[..., None] - w
+        err = jnp.einsum("ngi,gij,ngj->ng", d, blocks, d, precision=lax.Precision.HIGHEST)
+        return q, scale, zero, err
+
+    q, scale, zero, err = lax.map(candidate, jnp.asarray(CLIP_RATIOS))
+    best = jnp.argmin(err, axis=0)  # [n, g]
+    codes = jnp.take_along_axis(q, best[None, ..., None], 0)[0]
+    scale = jnp.take_along_axis(scale, best[None], 0)[0]
+    zero = jnp.take_along_axis(zero, best[None], 0)[0]
+    return codes.astype(jnp.int8), scale, zero

@@ -1,0 +1,175 @@
+"""Run a backbone's transformer blocks one at a time on calibration activations.
+
+The backbone is run once with every block replaced by the identity: that
+yields block 0's input (the embedded tokens, with whatever scaling the family
+applies) and, for every block, the keyword arguments the backbone passes it
+(padding masks and the like). Each block is then called directly, batch by
+batch, with those arguments: no family-specific code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from keras import ops
+
+from hubquant.errors import HubquantError
+
+TOKENS_PER_BATCH = 8192
+
+
+class BlockInputs:
+    """Hidden states for every calibration batch, and each block's extra arguments."""
+
+    def __init__(self, hidden: list, kwargs: list[list[dict]]):
+        self.hidden = hidden  # one array [batch, seq, hidden] per batch
+        self.kwargs = kwargs  # kwargs[block][batch]
+
+    def run(self, block, index: int) -> None:
+        """Replace the hidden states by ``block``'s outputs."""
+        self.hidden = [
+            _first(block(x, **kw)) for x, kw in zip(self.hidden, self.kwargs[index], strict=True)
+        ]
+
+    def feed(self, block, index: int) -> None:
+        """Run ``block`` for its side effects (statistics), keep the hidden states."""
+        for x, kw in zip(self.hidden, self.kwargs[index], strict=True):
+            block(x, **kw)
+
+
+def block_inputs(backbone, blocks: list, tokens: np.ndarray) -> BlockInputs:
+    """Block 0's inputs and every block's keyword arguments, batch by batch."""
+    batch = max(1, TOKENS_PER_BATCH // tokens.shape[1])
+    hidden, kwargs = [], [[] for _ in blocks]
+    for start in range(0, len(tokens), batch):
+        seen = []
+        with _identity_blocks(blocks, seen):
+            backbone(_backbone_inputs(backbone, tokens[start : start + batch]))
+        if len(seen) != len(blocks):
+            raise HubquantError(
+                f"{type(backbone).__name__}: calibration expected the backbone to call each of "
+                f"its {len(blocks)} blocks once, but it called {len(seen)}; this family's "
+                "blocks cannot be calibrated one by one (use algorithm: rtn)."
+            )
+        hidden.append(seen[0][0])
+        for i, (_, kw, _) in enumerate(sorted(seen, key=lambda s: s[2])):
+            kwargs[i].append(kw)
+    return BlockInputs(hidden, kwargs)
+
+
+@contextlib.contextmanager
+def _identity_blocks(blocks: list, seen: list):
+    for i, block in enumerate(blocks):
+        block.call = _recorder(i, seen)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.__dict__.pop("call", None)
+
+
+def _recorder(index: int, seen: list):
+    def call(x, *args, **kwargs):
+        if args:
+            raise HubquantError(
+                f"calibration: block {index} was called with positional arguments after its "
+                "input; this family's blocks cannot be run one by one (use algorithm: rtn)."
+            )
+        seen.append((x, kwargs, index))
+        return x
+
+    return call
+
+
+def _backbone_inputs(backbone, tokens: np.ndarray) -> dict:
+    inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    names = backbone.input if isinstance(backbone.input, dict) else {}
+    if "segment_ids" in names:
+        inputs["segment_ids"] = np.zeros_like(tokens)
+    return inputs
+
+
+def _first(outputs):
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+@contextlib.contextmanager
+def recording(layers: dict, stats: dict):
+    """While active, each layer in ``layers`` (key -> layer) passes its input
+    rows to ``stats[key].add`` before computing as usual."""
+    for key, layer in layers.items():
+        layer.call = _observer(layer, stats[key])
+    try:
+        yield
+    finally:
+        for layer in layers.values():
+            layer.__dict__.pop("call", None)
+
+
+def _observer(layer, stat):
+    original = type(layer).call.__get__(layer)
+
+    def call(inputs, *args, **kwargs):
+        stat.add(input_rows(layer, inputs))
+        return original(inputs, *args, **kwargs)
+
+    return call
+
+
+def input_rows(layer, x) -> jnp.ndarray:
+    """A projection's input as float32 ``[rows, K]``, K in the canonical order
+    of the kernel's reduction axes (docs/format.md)."""
+    x = jnp.asarray(ops.convert_to_numpy(x) if not isinstance(x, jax.Array) else x)
+    x = x.astype(jnp.float32)
+    equation = getattr(layer, "equation", None)
+    if equation is None:
+        return x.reshape(-1, x.shape[-1])
+    operands, output = equation.split("->")
+    source, kernel = operands.split(",")
+    reduce = [c for c in kernel if c not in output]
+    keep = [c for c in source if c not in reduce]
+    x = jnp.transpose(x, [source.index(c) for c in keep + reduce])
+    k = int(np.prod([x.shape[len(keep) + i] for i in range(len(reduce))]))
+    return x.reshape(-1, k)
+
+
+class HessianStats:
+    """``2 X^T X / rows`` of a layer's inputs, accumulated batch by batch (GPTQ)."""
+
+    def __init__(self, k: int):
+        self.sum = jnp.zeros((k, k), jnp.float32)
+        self.rows = 0
+
+    def add(self, x) -> None:
+        self.sum = _add_gram(self.sum, x)
+        self.rows += x.shape[0]
+
+    def hessian(self) -> np.ndarray:
+        return np.asarray(self.sum) * (2.0 / max(self.rows, 1))
+
+
+@jax.jit
+def _add_gram(total, x):
+    return total + jnp.matmul(x.T, x, precision=lax.Precision.HIGHEST)
+
+
+class ActivationStats(HessianStats):
+    """Mean absolute input per channel and ``X^T X / rows`` (AWQ)."""
+
+    def __init__(self, k: int):
+        super().__init__(k)
+        self.abs_sum = jnp.zeros((k,), jnp.float32)
+
+    def add(self, x) -> None:
+        super().add(x)
+        self.abs_sum = self.abs_sum + jnp.sum(jnp.abs(x), axis=0)
+
+    def magnitude(self) -> np.ndarray:
+        return np.asarray(self.abs_sum) / max(self.rows, 1)
+
+    def gram(self) -> np.ndarray:
+        return np.asarray(self.sum) / max(self.rows, 1)

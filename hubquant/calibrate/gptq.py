@@ -1,0 +1,185 @@
+"""GPTQ: quantize a matrix column by column, pushing each column's rounding
+error onto the columns not yet quantized, weighted by the inverse Hessian of
+the layer's inputs (Frantar et al., 2022).
+
+The sweep runs as one compiled JAX program: a scan over blocks of columns, a
+loop over the columns inside a block (rank-1 updates of the block only), and
+one block-level matrix product that carries the block's errors to every later
+column (the "lazy batch" update).
+
+Group scales and zero points are hubquant's round-to-nearest ones
+(docs/format.md: the clipping search and least-squares refits; with
+``search=False`` plain min/max, as in the reference), computed from the
+error-updated weights when the sweep reaches a group's first column. With
+``act_order`` (columns visited by decreasing Hessian diagonal) the groups are
+*static*: each group's parameters come from the original weights before the
+sweep, so the stored codes stay in hubquant's natural group layout; the
+codes are permuted back afterwards. Per-channel int4 (``group_size: -1``) and
+int8 are static too (one scale per row, as in the reference).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from hubquant import quantizers
+from hubquant.quantizers import QuantizedMatrix
+
+
+def gptq_quantize(
+    w: np.ndarray,
+    hessian: np.ndarray,
+    mode: str,
+    group_size: int = 128,
+    symmetric: bool = False,
+    damping: float = 0.01,
+    act_order: bool = False,
+    block_size: int = 128,
+    search: bool = True,
+) -> QuantizedMatrix:
+    """GPTQ codes and scales for ``w`` ``[N, K]`` given ``hessian`` ``[K, K]``
+    (``2 X^T X / rows`` of the layer's inputs), in hubquant's storage format."""
+    w = np.array(w, np.float32)
+    n, k = w.shape
+    bits = 8 if mode == "int8" else 4
+    if mode == "int8":
+        group_size, symmetric = -1, True
+    gs = k if group_size == -1 else group_size
+    static = act_order or group_size == -1
+    h, w = _without_dead_columns(np.array(hessian, np.float64), w)
+    search = search and bits == 4
+    col_scale, col_zero = _static_params(w, gs, symmetric, bits, search) if static else (None, None)
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    block = block_size if static else max(gs, -(-block_size // gs) * gs)
+    kp = -(-k // block) * block
+    hinv = np.eye(kp, dtype=np.float32)
+    hinv[:k, :k] = inverse_cholesky(h[np.ix_(perm, perm)], damping)
+    wp = np.zeros((n, kp), np.float32)
+    wp[:, :k] = w[:, perm]
+    cs, cz = np.ones((n, kp), np.float32), np.zeros((n, kp), np.float32)
+    if static:
+        cs[:, :k], cz[:, :k] = col_scale[:, perm], col_zero[:, perm]
+    q, scale, zero = _sweep(
+        jnp.asarray(wp),
+        jnp.asarray(hinv),
+        jnp.asarray(cs),
+        jnp.asarray(cz),
+        block=block,
+        group=gs,
+        symmetric=symmetric,
+        bits=bits,
+        static=static,
+        search=search,
+    )
+    codes = np.empty((n, k), np.int8)
+    codes[:, perm] = np.asarray(q)[:, :k].astype(np.int8)
+    if static:
+        groups = quantizers.num_groups(k, group_size)
+        scale = col_scale[:, ::gs][:, :groups]
+        zero = col_zero[:, ::gs][:, :groups]
+    else:
+        groups = quantizers.num_groups(k, group_size)
+        scale, zero = np.asarray(scale)[:, :groups], np.asarray(zero)[:, :groups]
+    if mode == "int8":
+        return QuantizedMatrix(codes, scale[:, 0].astype(np.float32), None)
+    zero = None if symmetric else zero.astype(np.int8)
+    return QuantizedMatrix(quantizers.pack_int4(codes), scale.astype(np.float32), zero)
+
+
+def _without_dead_columns(h: np.ndarray, w: np.ndarray):
+    """Inputs that were always zero: their weights cannot matter; set them to
+    zero and give the Hessian a unit diagonal there, as the reference does."""
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    return h, w
+
+
+def inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
+    """Upper Cholesky factor of ``(H + damping * mean(diag H) * I)^-1`` (float64)."""
+    h = h + damping * np.mean(np.diag(h)) * np.eye(len(h))
+    lower = np.linalg.cholesky(h)
+    inv_lower = np.linalg.solve(lower, np.eye(len(h)))
+    hinv = inv_lower.T @ inv_lower
+    return np.linalg.cholesky(hinv).T.astype(np.float32)
+
+
+def _group_params(w, symmetric: bool, bits: int, search: bool):
+    """Scale and zero point per group of ``w`` ``[..., gs]``."""
+    if search:
+        _, scale, zero = quantizers._grid_chunk(
+            w, symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
+        )
+        return scale, zero.astype(w.dtype)
+    _, scale, zero, _ = quantizers._candidate(w, 1.0, symmetric, bits)
+    return scale, zero
+
+
+def _static_params(w: np.ndarray, gs: int, symmetric: bool, bits: int, search: bool):
+    """Per-column scale and zero ``[N, K]`` from each group of the original ``w``."""
+    n, k = w.shape
+    g = -(-k // gs)
+    padded = np.zeros((n, g * gs), np.float32)
+    padded[:, :k] = w
+    scale, zero = _group_params(jnp.asarray(padded.reshape(n, g, gs)), symmetric, bits, search)
+    per_col = np.repeat(np.asarray(scale), gs, axis=1)[:, :k]
+    return per_col, np.repeat(np.asarray(zero), gs, axis=1)[:, :k]
+
+
+@functools.partial(
+    jax.jit, static_argnames=("block", "group", "symmetric", "bits", "static", "search")
+)
+def _sweep(w, hinv, col_scale, col_zero, *, block, group, symmetric, bits, static, search):
+    """Codes ``[N, Kp]`` and (non-static) group scales and zeros ``[N, Kp / group]``."""
+    n, kp = w.shape
+    top = 2 ** (bits - 1) - 1
+    low = -top - 1 if bits == 4 else -top
+    per_block = 1 if static else block // group
+
+    def column(i, carry, hb, s1, z1):
+        w1, q1, e1, s, z, sg, zg = carry
+        if static:
+            s, z = s1[:, i], z1[:, i]
+        else:
+
+            def fresh(_):
+                wg = lax.dynamic_slice(w1, (0, i), (n, group))[:, None, :]
+                scale, zero = _group_params(wg, symmetric, bits, search)
+                return scale[:, 0], zero[:, 0]
+
+            s, z = lax.cond(i % group == 0, fresh, lambda _: (s, z), None)
+            sg, zg = sg.at[:, i // group].set(s), zg.at[:, i // group].set(z)
+        x = w1[:, i]
+        q = jnp.clip(jnp.round(x / s) + z, low, top)
+        err = (x - (q - z) * s) / hb[i, i]
+        w1 = w1 - err[:, None] * hb[i][None, :]
+        return w1, q1.at[:, i].set(q), e1.at[:, i].set(err), s, z, sg, zg
+
+    def block_step(w, b):
+        i1 = b * block
+        w1 = lax.dynamic_slice(w, (0, i1), (n, block))
+        hb = lax.dynamic_slice(hinv, (i1, i1), (block, block))
+        s1 = lax.dynamic_slice(col_scale, (0, i1), (n, block))
+        z1 = lax.dynamic_slice(col_zero, (0, i1), (n, block))
+        zeros = jnp.zeros((n, block), w.dtype)
+        ones = jnp.ones((n,), w.dtype)
+        grp = jnp.zeros((n, per_block), w.dtype)
+        init = (w1, zeros, zeros, ones, jnp.zeros_like(ones), grp, grp)
+        body = functools.partial(column, hb=hb, s1=s1, z1=z1)
+        _, q1, e1, _, _, sg, zg = lax.fori_loop(0, block, body, init)
+        rows = lax.dynamic_slice(hinv, (i1, 0), (block, kp))
+        # Later columns take the block's errors; earlier ones see zeros (Hinv
+        # is upper triangular) and the block's own columns are never read again.
+        w = w - jnp.matmul(e1, rows, precision=lax.Precision.HIGHEST)
+        return w, (q1, sg, zg)
+
+    _, (q, sg, zg) = lax.scan(block_step, w, jnp.arange(kp // block))
+    q = jnp.transpose(q, (1, 0, 2)).reshape(n, kp)
+    sg = jnp.transpose(sg, (1, 0, 2)).reshape(n, -1)
+    zg = jnp.transpose(zg, (1, 0, 2)).reshape(n, -1)
+    return q, sg, zg
