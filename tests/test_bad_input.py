@@ -84,6 +84,31 @@ def _restamp(**changes: Callable[[], str]):
     return prepare
 
 
+def _retensor(change: Callable[[dict], None]):
+    """Rewrite ``{art}/model.safetensors`` with its tensors changed in place."""
+
+    def prepare(tmp: Path, _):
+        path = tmp / "art" / "model.safetensors"
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        change(tensors)
+        save_file(tensors, str(path), metadata=meta)
+
+    return prepare
+
+
+_SCALE = "decoder_block_0/attention/query/kernel_scale"
+
+
+def _drop_scale(tensors: dict) -> None:
+    del tensors[_SCALE]
+
+
+def _halve_scale(tensors: dict) -> None:
+    tensors[_SCALE] = tensors[_SCALE][: tensors[_SCALE].shape[0] // 2]
+
+
 def _foreign_safetensors(tmp: Path, _):
     save_file({"w": np.zeros((2, 2), np.float32)}, str(tmp / "in" / "other.safetensors"))
 
@@ -331,6 +356,17 @@ ROWS = {
         "'{art}/model.safetensors' has format version 99, newer than this hubquant "
         "understands (1). Upgrade hubquant.",
         prepare=_restamp(format_version=lambda: "99"),
+    ),
+    "safetensors_missing_a_tensor": Row(
+        "export {art}/model.safetensors --output {out}",
+        f"'{{art}}/model.safetensors' lacks 1 tensors, e.g. '{_SCALE}'.",
+        prepare=_retensor(_drop_scale),
+    ),
+    "safetensors_shape_disagrees_with_plan": Row(
+        "export {art}/model.safetensors --output {out}",
+        f"'{{art}}/model.safetensors': tensor '{_SCALE}' does not fit the model "
+        "(expected (96,), got (48,)).",
+        prepare=_retensor(_halve_scale),
     ),
     "foreign_safetensors": Row(
         "export {in}/other.safetensors --output {out}",
