@@ -80,7 +80,7 @@ def main() -> None:
         "float": lambda m: None,
         "hubquant int8": lambda m: hubquant.quantize(m, "int8"),
         "hubquant int4 g128": lambda m: hubquant.quantize(m, "int4"),
-        "keras int8": lambda m: m.quantize("int8"),
+        "keras int8": lambda m: m.backbone.quantize("int8"),
     }
     base = None
     print(f"{'case':20s} {'tokens/s':>9s} {'x float':>8s}")
