@@ -15,7 +15,8 @@ def new_stats(entry: PlanEntry):
 
 def quantize_layer(layer, entry: PlanEntry, stats) -> None:
     """Compute the layer's quantized kernel from ``stats`` and hand it to its hook."""
-    w = layer._float_matrices()["kernel"][1]()
+    fm = layer._float_matrices()["kernel"]
+    w = fm.to_matrix(getattr(layer, fm.attr))
     options = entry.algorithm_options or {}
     if entry.algorithm == "gptq":
         from hubquant.calibrate.gptq import gptq_quantize
