@@ -177,7 +177,7 @@ ROWS = {
     ),
     "unknown_key": Row(
         f"{APPLY} {{in}}/c.yaml",
-        "{in}/c.yaml: key 'defaults': unknown key; expected one of default, rules. "
+        "{in}/c.yaml: key 'defaults': unknown key; expected one of default, rules, calibration. "
         "Received: defaults={{'mode': 'int8'}}",
         _config("defaults: {mode: int8}\n"),
     ),
@@ -198,8 +198,9 @@ ROWS = {
     ),
     "unknown_algorithm": Row(
         f"{APPLY} {{in}}/c.yaml",
-        "{in}/c.yaml: default: key 'algorithm': expected one of: rtn. Received: algorithm='gptq'",
-        _config("default: {mode: int4, algorithm: gptq}\n"),
+        "{in}/c.yaml: default: key 'algorithm': expected one of: rtn, gptq, awq. "
+        "Received: algorithm='spqr'",
+        _config("default: {mode: int4, algorithm: spqr}\n"),
     ),
     "group_size_zero": Row(
         f"{APPLY} {{in}}/c.yaml",
