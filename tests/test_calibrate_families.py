@@ -32,7 +32,8 @@ def _error(name, algorithm, tokens, held_out):
 @pytest.mark.parametrize("name", DECODERS)
 def test_gptq_runs_block_by_block_and_beats_rtn(name):
     rng = np.random.default_rng(0)
-    tokens = rng.integers(4, families.VOCAB, (16, 32)).astype("int32")
+    # 16 positions: the tiny GPT-2 has a 16-position table.
+    tokens = rng.integers(4, families.VOCAB, (32, 16)).astype("int32")
     held = rng.integers(4, families.VOCAB, (2, 16)).astype("int32")
     held_out = {"token_ids": held, "padding_mask": np.ones_like(held)}
     rtn, _ = _error(name, "rtn", tokens, held_out)
