@@ -38,7 +38,6 @@ class Pending:
     model: object
     plan: Plan
     loader: object
-    float_classes: dict  # planned layer attr -> its float class name
 
 
 def stream_quantize(preset: str, config, recipe=None, strict: bool = False, on_layer=None):
@@ -51,17 +50,17 @@ def prepare(preset: str, config, recipe=None, strict: bool = False) -> Pending:
     """Build the model unallocated and resolve its Plan: nothing is read yet."""
     model, loader = build_unloaded(preset)
     plan = api.plan_for(model, config, recipe, strict=strict)
-    backbone = api.backbone_of(model)
-    float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
-    return Pending(model, plan, loader, float_classes)
+    return Pending(model, plan, loader)
 
 
 def read_quantized(pending: Pending, on_layer=None):
     """Read the weights, quantizing planned layers as they arrive."""
     model, plan = pending.model, pending.plan
-    surgery.swap_layers(api.backbone_of(model), plan)
+    backbone = api.backbone_of(model)
+    float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
+    surgery.swap_layers(backbone, plan)
     if _is_keras_preset(pending.loader):
-        _stream_keras(model, pending.loader, plan, on_layer, pending.float_classes)
+        _stream_keras(model, pending.loader, plan, on_layer, float_classes)
     else:
         _stream_converted(model, pending.loader, plan, on_layer)
     _check_complete(model, pending.loader.preset)
