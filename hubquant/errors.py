@@ -29,3 +29,9 @@ class OutputError(HubquantError):
 
 class ArtefactError(HubquantError):
     """A saved hubquant artefact is incomplete, corrupt or unsupported."""
+
+
+def first_line(error: Exception) -> str:
+    """An exception's first line of text (its type name when it has none)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from hubquant.errors import PresetError
+from hubquant.errors import PresetError, first_line
 
 # Tiny sizes: every layer kind still exists, nothing is large.
 _TINY = {
@@ -72,7 +72,7 @@ def backbone_config(preset: str) -> tuple[type, dict, str | None]:
         loader = get_preset_loader(preset)
         cls = loader.check_backbone_class()
     except Exception as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = first_line(e)
         raise PresetError(f"preset '{preset}' could not be read: {detail}") from None
     if "model_type" not in loader.config:
         return cls, dict(loader.config["config"]), None

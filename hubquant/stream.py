@@ -22,7 +22,7 @@ from keras.src.backend.common import global_state
 
 from hubquant import api, models, surgery
 from hubquant._memory import release_free_memory
-from hubquant.errors import PresetError
+from hubquant.errors import PresetError, first_line
 from hubquant.layers.base import FloatMatrix
 from hubquant.plan import Plan
 from hubquant.quantizers import RowReader
@@ -143,7 +143,7 @@ def _stream_keras(model, loader, plan: Plan, on_layer, float_classes: dict) -> N
         loader._load_backbone_weights(backbone)  # single file or shards, as KerasHub does
     except ValueError as e:
         _check_complete(model, loader.preset)  # names a planned layer left unread
-        raise PresetError(f"preset '{loader.preset}' weights do not fit: {_line(e)}") from None
+        raise PresetError(f"preset '{loader.preset}' weights do not fit: {first_line(e)}") from None
     if model is not backbone and check_file_exists(loader.preset, TASK_WEIGHTS_FILE):
         model.load_task_weights(get_file(loader.preset, TASK_WEIGHTS_FILE))
 
@@ -225,11 +225,6 @@ def _done(on_layer, entries):
             on_layer(entries)
 
     return done
-
-
-def _line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _check_complete(model, preset: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 from keras_hub.models import Backbone, Task
 
-from hubquant.errors import ArtefactError
+from hubquant.errors import ArtefactError, first_line
 from hubquant.io.reproducible import normalize_keras_archive, normalize_metadata_json
 from hubquant.plan import FORMAT_VERSION, Plan
 
@@ -133,7 +133,7 @@ def check_weight_files(folder: Path) -> None:
         try:
             h5py.File(path, "r").close()
         except OSError as e:
-            raise ArtefactError(f"'{path}' is truncated or corrupt: {_line(e)}") from None
+            raise ArtefactError(f"'{path}' is truncated or corrupt: {first_line(e)}") from None
 
 
 def load_keras(path: Path):
@@ -160,7 +160,7 @@ def load_error(path: Path, e: Exception, *corrupt: type) -> ArtefactError:
         )
     damaged = isinstance(e, (*corrupt, EOFError, OSError))
     what = "is truncated or corrupt" if damaged else "cannot be loaded"
-    return ArtefactError(f"'{path}' {what}: {type(e).__name__}: {_line(e)}")
+    return ArtefactError(f"'{path}' {what}: {type(e).__name__}: {first_line(e)}")
 
 
 def _from_preset(cls, folder: Path):
@@ -180,8 +180,3 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ArtefactError(f"'{path}' is corrupt: expected a JSON object.")
     return data
-
-
-def _line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
