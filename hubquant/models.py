@@ -44,7 +44,7 @@ class HubquantBackboneMixin:
 
     @classmethod
     def from_config(cls, config):
-        from hubquant.stream import deferred_variables
+        from hubquant.stream import deferred_variables, initialize_deferred
         from hubquant.surgery import build_skeleton
 
         config = dict(config)
@@ -57,9 +57,7 @@ class HubquantBackboneMixin:
         with deferred_variables():  # float matrices the Plan replaces never allocate
             backbone = super().from_config(config)
         build_skeleton(backbone, plan)
-        for variable in backbone.weights:
-            if variable._value is None:
-                variable._deferred_initialize()
+        initialize_deferred(backbone)
         object.__setattr__(backbone, "hubquant_plan", plan)
         return backbone
 

@@ -233,6 +233,11 @@ def _check_complete(model, preset: str) -> None:
     missing = [layer.path for layer in model._flatten_layers() if "_hubquant_stream" in vars(layer)]
     if missing:
         raise PresetError(f"preset '{preset}' has no weights for '{missing[0]}'.")
+    initialize_deferred(model)
+
+
+def initialize_deferred(model) -> None:
+    """Give every still-deferred variable its initialiser's value."""
     for variable in model.weights:
         if variable._value is None:
             variable._deferred_initialize()
