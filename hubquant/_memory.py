@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 
 @functools.cache
@@ -19,5 +18,5 @@ def release_free_memory() -> None:
     """Return the C heap's free pages to the OS (glibc keeps them otherwise,
     and the float blocks read and freed layer after layer fragment it)."""
     trim = _malloc_trim()
-    if trim is not None and not os.environ.get("HUBQUANT_NO_TRIM"):
+    if trim is not None:
         trim(0)
