@@ -19,6 +19,7 @@ from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 from keras.quantizers import unpack_int4
 
 from hubquant import quantizers
+from hubquant.layers import products
 
 MODES = ("int8", "int4")
 _FLOAT_VIEWS = frozenset({"kernel", "embeddings"})
@@ -267,12 +268,27 @@ class QuantizedLayerMixin:
     def _dequantized(self, name: str, dtype, rows=None) -> object:
         """The ``[N, K]`` matrix (or only ``rows`` of it) rebuilt in ``dtype``."""
         spec = self.hubquant_specs[name]
-        parts = [getattr(self, f"{name}_{s}") for s in spec.variable_shapes()]
+        parts = self._matrix_parts(name)
         if rows is not None:
             parts = [ops.take(p, rows, axis=0) for p in parts]
         if spec.input_scale:
             return ops.cast(self._dequantized_f32(spec, parts) * parts[-1][None, :], dtype)
         return ops.cast(self._dequantized_f32(spec, parts), dtype)
+
+    def _matrix_parts(self, name: str) -> list:
+        """A matrix's variables: codes, scale, then zero and input_scale if held."""
+        spec = self.hubquant_specs[name]
+        return [getattr(self, f"{name}_{s}") for s in spec.variable_shapes()]
+
+    def _row_product(self, name: str, inputs, row_map):
+        """``inputs`` times matrix ``name`` read in canonical layout (few rows),
+        laid out by ``row_map``; None where the dequantizing path applies."""
+        spec = self.hubquant_specs[name]
+        if row_map is None or not products.use_row_product(row_map.row_count(inputs), spec):
+            return None
+        rows, kept = row_map.rows(ops.cast(inputs, "float32"))
+        y = products.row_product(rows, self._matrix_parts(name), spec)
+        return row_map.restore(y, kept)
 
     @staticmethod
     def _dequantized_f32(spec: MatrixSpec, parts: list):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from hubquant.layers import products
 from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 from hubquant.layers.layout import KernelLayout
 
@@ -31,7 +32,10 @@ class _QuantProjection(QuantizedLayerMixin):
 
     def _quantized_forward(self, inputs, training=None):
         spec = self.hubquant_specs["kernel"]
-        if spec.mode == "int8" and not spec.input_scale:
+        x = self._row_product("kernel", inputs, self.row_map(inputs))
+        if x is not None:
+            x = ops.cast(x, self.compute_dtype)
+        elif spec.mode == "int8" and not spec.input_scale:
             codes = self.layout.from_matrix(ops.cast(self.kernel_codes, self.compute_dtype))
             x = self._project(inputs, codes)
             x = x * ops.cast(self.layout.output_scale(self.kernel_scale), x.dtype)
@@ -68,6 +72,9 @@ class QuantDense(_QuantProjection, keras.layers.Dense):
     def _project(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
 
+    def row_map(self, inputs) -> products.RowMap:
+        return products.dense_row_map(len(inputs.shape), self.units)
+
 
 @keras.saving.register_keras_serializable(package="hubquant")
 class QuantEinsumDense(_QuantProjection, keras.layers.EinsumDense):
@@ -94,3 +101,6 @@ class QuantEinsumDense(_QuantProjection, keras.layers.EinsumDense):
 
     def _project(self, inputs, kernel):
         return ops.einsum(self.equation, inputs, kernel)
+
+    def row_map(self, inputs) -> products.RowMap | None:
+        return products.einsum_row_map(self.equation, self.hubquant_kernel_shape)

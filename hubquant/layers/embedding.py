@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 from keras.layers import ReversibleEmbedding
 
+from hubquant.layers import products
 from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 
 
@@ -85,7 +86,11 @@ class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
         name = "embeddings" if self.tie_weights else "reverse"
         dtype = self.reverse_dtype or self.compute_dtype
         inputs = ops.cast(inputs, dtype)
-        if name not in self.hubquant_specs:
+        row_map = products.dense_row_map(len(inputs.shape), self.input_dim)
+        few = None if name not in self.hubquant_specs else self._row_product(name, inputs, row_map)
+        if few is not None:
+            logits = ops.cast(few, dtype)
+        elif name not in self.hubquant_specs:
             kernel = (
                 self._embeddings if self.tie_weights else ops.transpose(self.reverse_embeddings)
             )

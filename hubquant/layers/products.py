@@ -1,0 +1,148 @@
+"""Products of a few input rows with a quantized ``[N, K]`` matrix (decoding).
+
+Generating one token per sequence, a projection is bound by reading its
+weights. XLA on CPU computes ``rows @ convert(codes).T`` (a matrix-vector
+product against the stored row-major ``[N, K]`` codes) without writing a
+float copy of the matrix: the codes are converted as they are read. Any
+other arrangement (the kernel layout an einsum wants, a transposed copy, or
+unpacking int4 along a transposed axis) makes XLA materialize a float
+matrix per step, which is slower than the float model itself.
+
+So with few rows, every projection takes its input as ``[M, K]`` rows
+(``RowMap``), multiplies them with the codes in canonical layout, with int8
+scales applied to the ``[M, N]`` result and int4 group scales and zero points
+applied elementwise to the codes before the product (XLA fuses them into the
+read), and lays the result back out. The numbers are those of the
+dequantizing path up to float summation order. Many rows (prefill,
+calibration) are compute-bound and keep the layers' dequantizing path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import keras
+from keras import ops
+
+# At most this many input rows take the canonical-layout product.
+FEW_ROWS = 16
+_LO = 254.0
+
+
+def use_row_product(rows: int | None, spec) -> bool:
+    """Whether ``rows`` input rows (None: unknown) go through ``row_product``."""
+    if rows is None or rows > FEW_ROWS:
+        return False
+    return spec.mode == "int8" or _group_width(spec) % 2 == 0
+
+
+def row_product(x, parts: list, spec):
+    """``x @ W.T`` for float32 rows ``x`` ``[M, K]`` and the matrix held in
+    ``parts`` (codes, scale, [zero], [input_scale]); float32 ``[M, N]``."""
+    if spec.input_scale:
+        x = x * parts[-1][None, :]
+    if spec.mode == "int8":
+        return _int8_product(x, parts[0]) * parts[1][None, :]
+    gs = _group_width(spec)
+    groups = -(-spec.k // gs)
+    w = _int4_matrix(parts, spec, groups, gs)
+    return ops.matmul(_pad_last(x, groups * gs), ops.transpose(w))
+
+
+def _int8_product(x, codes):
+    """``x @ codes.T`` from int8 dot products (rows split in two int8 parts)."""
+    row_scale = ops.max(ops.abs(x), axis=-1, keepdims=True) / 127.0
+    row_scale = ops.where(row_scale > 0, row_scale, ops.ones_like(row_scale))
+    hi = ops.round(x / row_scale)
+    lo = ops.clip(ops.round((x - hi * row_scale) * (_LO / row_scale)), -127, 127)
+    both = ops.cast(ops.concatenate([hi, lo], axis=0), "int8")
+    sums = ops.cast(_int_dot(both, codes), "float32")
+    rows = x.shape[0]
+    return (sums[:rows] + sums[rows:] / _LO) * row_scale
+
+
+def _int_dot(a, codes):
+    """int32 ``a @ codes.T`` contracting the codes' stored last axis (on JAX
+    directly: XLA then reads the row-major codes without a transposed copy)."""
+    if keras.config.backend() == "jax":
+        from jax import lax
+
+        dims = (((1,), (1,)), ((), ()))
+        codes = ops.convert_to_tensor(codes)  # a Keras variable's value
+        return lax.dot_general(a, codes, dims, preferred_element_type="int32")
+    return ops.matmul(a, ops.transpose(codes))
+
+
+def _int4_matrix(parts: list, spec, groups: int, gs: int):
+    """The float ``[N, groups * gs]`` matrix (zero-padded past ``K``)."""
+    packed = ops.reshape(_pad_last(parts[0], groups * gs // 2), (spec.n, groups, gs // 2))
+    low = ops.right_shift(ops.left_shift(packed, 4), 4)  # sign-extended nibbles
+    q = ops.stack([low, ops.right_shift(packed, 4)], axis=-1)  # even index low
+    q = ops.cast(ops.reshape(q, (spec.n, groups, gs)), "float32")
+    if spec.has_zero:
+        q = q - ops.cast(parts[2], "float32")[..., None]
+    return ops.reshape(q * parts[1][..., None], (spec.n, groups * gs))
+
+
+def _group_width(spec) -> int:
+    """Group size as computed (a per-channel odd ``K`` is padded by one)."""
+    return spec.k + spec.k % 2 if spec.group_size == -1 else spec.group_size
+
+
+def _pad_last(x, width: int):
+    extra = width - x.shape[-1]
+    return x if extra == 0 else ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, extra]])
+
+
+@dataclass(frozen=True)
+class RowMap:
+    """How a projection's input becomes ``[M, K]`` rows (``K`` in the
+    canonical order of the kernel's reduction axes) and how ``[M, N]``
+    results go back to the layer's output layout."""
+
+    in_perm: tuple[int, ...]
+    kept: int  # number of leading (row) axes after ``in_perm``
+    out_dims: tuple[int, ...]  # kernel output axis sizes, kernel order
+    out_perm: tuple[int, ...]
+
+    def rows(self, x):
+        """``x`` as ``[M, K]``, and the shape of its row axes (for ``restore``)."""
+        if self.in_perm != tuple(range(len(self.in_perm))):
+            x = ops.transpose(x, self.in_perm)
+        kept = tuple(x.shape[: self.kept])
+        return ops.reshape(x, (math.prod(kept), -1)), kept
+
+    def row_count(self, x) -> int | None:
+        dims = [x.shape[i] for i in self.in_perm[: self.kept]]
+        return None if any(d is None for d in dims) else math.prod(dims)
+
+    def restore(self, y, kept_shape: tuple):
+        y = ops.reshape(y, (*kept_shape, *self.out_dims))
+        if self.out_perm != tuple(range(len(self.out_perm))):
+            y = ops.transpose(y, self.out_perm)
+        return y
+
+
+@functools.cache
+def einsum_row_map(equation: str, kernel_shape: tuple) -> RowMap | None:
+    """The ``RowMap`` of an einsum projection; None when inputs carry axes
+    that are neither rows nor reduced (never so for KerasHub projections)."""
+    operands, output = equation.split("->")
+    source, kernel = operands.split(",")
+    reduce = [c for c in kernel if c not in output]
+    keep = [c for c in source if c not in reduce]
+    outs = [c for c in kernel if c in output]
+    if not set(reduce) <= set(source) or not set(keep) <= set(output) or "." in equation:
+        return None
+    in_perm = tuple(source.index(c) for c in keep + reduce)
+    inter = keep + outs
+    out_perm = tuple(inter.index(c) for c in output)
+    out_dims = tuple(kernel_shape[kernel.index(c)] for c in outs)
+    return RowMap(in_perm, len(keep), out_dims, out_perm)
+
+
+@functools.cache
+def dense_row_map(rank: int, units: int) -> RowMap:
+    return RowMap(tuple(range(rank)), rank - 1, (units,), tuple(range(rank)))

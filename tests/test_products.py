@@ -1,0 +1,118 @@
+"""Few-row (decoding) products stay within their stated bound of the
+dequantizing path that many rows take.
+
+int8: ``hubquant.layers.products`` splits each input row into two int8 parts,
+so an input element is off by at most ``max|x| / 64516`` and an output by at
+most that times the row's absolute weight sum. int4: the same float matrix,
+only summed in another order. Checked on every quantized projection and the
+LM head of tiny Gemma and Llama models, int8 and several int4 layouts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from keras import ops
+
+import hubquant
+from hubquant import synthetic
+from hubquant.config import parse_config
+from hubquant.layers import products
+
+CONFIGS = {
+    "int8": "default: {mode: int8}\n",
+    "int4 g16 asym": "default: {mode: int4, group_size: 16, symmetric: false}\n",
+    "int4 g32 sym": "default: {mode: int4, group_size: 32, symmetric: true}\n",
+    "int4 per-channel": "default: {mode: int4, group_size: -1, symmetric: false}\n",
+    "int4 g24 ragged": "default: {mode: int4, group_size: 24, symmetric: false}\n",
+}
+BUILDERS = {"gemma": synthetic.gemma_causal_lm, "llama3": synthetic.llama3_causal_lm}
+
+
+@pytest.fixture(scope="module", params=[(f, c) for f in BUILDERS for c in CONFIGS], ids=str)
+def quantized(request):
+    family, config = request.param
+    model = BUILDERS[family](seed=0)
+    hubquant.quantize(model, parse_config(CONFIGS[config], config))
+    return config, model
+
+
+def _dequantizing(fn, *args, **kwargs):
+    """``fn`` with the few-row product switched off (every call dequantizes)."""
+    saved = products.FEW_ROWS
+    products.FEW_ROWS = 0
+    try:
+        return np.asarray(fn(*args, **kwargs), np.float64)
+    finally:
+        products.FEW_ROWS = saved
+
+
+def _projections(model):
+    return [
+        layer
+        for layer in model.backbone._flatten_layers(include_self=False)
+        if getattr(layer, "_is_quantized", False) and hasattr(layer, "row_map")
+    ]
+
+
+def _bound(x: np.ndarray, weight_rows_abs: np.ndarray) -> np.ndarray:
+    """Per output element: max|x| of its row / 64516 times |W| row sums, plus
+    float32 rounding of the sums."""
+    row_max = np.abs(x).reshape(-1, x.shape[-1]).max(-1)
+    return row_max[:, None] * weight_rows_abs[None, :] * (1 / 64516 + 1e-5) + 1e-6
+
+
+def test_projections_within_bound(quantized):
+    config, model = quantized
+    rng = np.random.default_rng(0)
+    checked = differs = 0
+    for layer in _projections(model):
+        k = layer.hubquant_specs["kernel"].k
+        shape = _input_shape(layer, rows=3)
+        x = rng.standard_normal(shape).astype("float32") * 3
+        x[..., 0] *= 40  # an outlier channel sets max|x|
+        x[1] = 0  # a zero row (padding) must give exactly zero
+        got = np.asarray(layer(x), np.float64)
+        want = _dequantizing(layer, x)
+        w = np.asarray(layer._dequantized("kernel", "float32"))
+        rows_x = np.asarray(layer.row_map(x).rows(ops.convert_to_tensor(x))[0])
+        bound = _bound(rows_x, np.abs(w).sum(-1))
+        diff = np.abs(layer.row_map(x).rows(ops.convert_to_tensor(got - want))[0])
+        assert k == rows_x.shape[-1]
+        assert np.all(np.asarray(diff) <= bound), layer.path
+        checked += 1
+        differs += bool(np.any(got != want))
+    assert checked >= 7
+    if config == "int8":
+        assert differs  # the integer product ran: it rounds unlike the float one
+
+
+def test_lm_head_within_bound(quantized):
+    embedding = quantized[1].backbone.token_embedding
+    x = np.random.default_rng(1).standard_normal((2, 1, embedding.output_dim)).astype("float32")
+    got = np.asarray(embedding(x, reverse=True), np.float64)
+    want = _dequantizing(embedding, x, reverse=True)
+    name = "embeddings" if embedding.tie_weights else "reverse"
+    w = np.asarray(embedding._dequantized(name, "float32"))
+    bound = _bound(x.reshape(2, -1), np.abs(w).sum(-1))
+    assert np.all(np.abs(got - want).reshape(2, -1) <= bound)
+
+
+def test_decoding_uses_row_product_and_many_rows_do_not():
+    spec = hubquant.layers.base.MatrixSpec("int4", 32, False, n=8, k=64)
+    assert products.use_row_product(1, spec)
+    assert products.use_row_product(products.FEW_ROWS, spec)
+    assert not products.use_row_product(products.FEW_ROWS + 1, spec)
+    assert not products.use_row_product(None, spec)
+    odd_groups = hubquant.layers.base.MatrixSpec("int4", 33, False, n=8, k=66)
+    assert not products.use_row_product(1, odd_groups)
+
+
+def _input_shape(layer, rows: int) -> tuple:
+    """An input shape with ``rows`` rows for a projection (batch, 1 token, ...)."""
+    if not hasattr(layer, "equation"):
+        return (rows, 1, layer.hubquant_specs["kernel"].k)
+    source = layer.equation.split("->")[0].split(",")[0]
+    kernel = layer.equation.split("->")[0].split(",")[1]
+    dims = {c: layer.hubquant_kernel_shape[i] for i, c in enumerate(kernel)}
+    return tuple(rows if i == 0 else dims.get(c, 1) for i, c in enumerate(source))
