@@ -15,7 +15,10 @@ and top-1 agreement on held-out windows of docs/format.md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
 from pathlib import Path
 
 import keras

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.scipy.linalg import solve_triangular
 
 from hubquant import quantizers
 from hubquant.quantizers import QuantizedMatrix
@@ -101,12 +102,26 @@ def _without_dead_columns(h: np.ndarray, w: np.ndarray):
 
 
 def inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
-    """Upper Cholesky factor of ``(H + damping * mean(diag H) * I)^-1`` (float64)."""
+    """Upper Cholesky factor ``U`` of ``(H + damping * mean(diag H) * I)^-1``
+    (``U^T U`` is that inverse), float32; float64 where float32 breaks down."""
+    u = np.asarray(_inverse_cholesky(jnp.asarray(h, jnp.float32), damping))
+    if np.all(np.isfinite(u)):
+        return u
+    h = np.asarray(h, np.float64)
     h = h + damping * np.mean(np.diag(h)) * np.eye(len(h))
-    lower = np.linalg.cholesky(h)
-    inv_lower = np.linalg.solve(lower, np.eye(len(h)))
-    hinv = inv_lower.T @ inv_lower
-    return np.linalg.cholesky(hinv).T.astype(np.float32)
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    return np.linalg.inv(lower)[::-1, ::-1].astype(np.float32)
+
+
+@jax.jit
+def _inverse_cholesky(h, damping):
+    # With R the order reversal, R H R = L L^T gives H^-1 = U^T U for the
+    # upper triangular U = R L^-1 R: one factorisation and one triangular
+    # inverse, no general inverse.
+    eye = jnp.eye(h.shape[0], dtype=h.dtype)
+    h = h + damping * jnp.mean(jnp.diag(h)) * eye
+    lower = jnp.linalg.cholesky(h[::-1, ::-1])
+    return solve_triangular(lower, eye, lower=True)[::-1, ::-1]
 
 
 def _group_params(w, symmetric: bool, bits: int, search: bool):
