@@ -1,6 +1,6 @@
 """Sentence-embedding fidelity of a quantized BERT encoder against its float self.
 
-    python bench/encoder_fidelity.py FOLDER [--sequence-length 64]
+    python bench/encoder_fidelity.py FOLDER [--sequence-length 64] [--calibration FILE ...]
 
 FOLDER is a Hugging Face BERT folder that KerasHub's ``from_preset`` reads
 (``config.json``, ``model.safetensors``, ``vocab.txt``), e.g. the real
@@ -14,6 +14,10 @@ pooling over real tokens, as sentence-transformers does for this model) with
 the float backbone and with copies quantized by hubquant (int8; int4 with
 groups of 32, 64 and 128, embeddings int8 as in the shipped int4 config), and
 prints the cosine similarity of each quantized embedding to the float one.
+With ``--calibration`` (text files, e.g. the model's README.md; never the
+sentences above), it adds int4 g64 rows calibrated with GPTQ (act order) and
+AWQ on 128 windows of 64 tokens framed by [CLS] and [SEP], as the encoder
+sees its inputs.
 """
 
 from __future__ import annotations
@@ -86,6 +90,12 @@ CONFIGS = {
     "int4 g128": INT4.format(g=128),
     "mixed": "mixed",  # the shipped config: attention, first and last block int8
 }
+CALIBRATED = {
+    "g64 gptq": INT4.format(g=64).replace(
+        "false}", "false, algorithm: gptq, gptq: {act_order: true}}"
+    ),
+    "g64 awq": INT4.format(g=64).replace("false}", "false, algorithm: awq}"),
+}
 
 
 def tokenize(folder: str, sequence_length: int) -> dict:
@@ -104,6 +114,17 @@ def tokenize(folder: str, sequence_length: int) -> dict:
         "segment_ids": np.zeros_like(token_ids),
         "padding_mask": np.asarray(mask, "int32"),
     }
+
+
+def calibration_windows(folder: str, files: list[str], length: int = 64) -> np.ndarray:
+    """128 seeded windows of the files' tokens, each framed by [CLS] ... [SEP]."""
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(folder)
+    text = "\n\n".join(open(f, encoding="utf-8").read() for f in files)
+    ids = np.asarray(tokenizer(text)).reshape(-1)
+    starts = np.random.default_rng(0).integers(0, len(ids) - length, 128)
+    windows = ids[starts[:, None] + np.arange(length)].astype("int32")
+    windows[:, 0], windows[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return windows
 
 
 def embed(backbone, inputs: dict) -> np.ndarray:
@@ -140,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="Hugging Face BERT folder (config.json, safetensors, vocab)")
     parser.add_argument("--sequence-length", type=int, default=64)
+    parser.add_argument("--calibration", nargs="+", default=[], help="text files for GPTQ/AWQ")
     args = parser.parse_args()
 
     inputs = tokenize(args.folder, args.sequence_length)
@@ -149,18 +171,24 @@ def main() -> None:
     print(f"{len(SENTENCES)} sentences, {int(inputs['padding_mask'].sum())} tokens, ", end="")
     print(f"Keras backend {keras.backend.backend()}")
     print(reference_check(args.folder, inputs, reference))
-    print(f"{'config':10s} {'mean cos':>10s} {'min cos':>10s} {'bytes':>8s} {'seconds':>8s}")
-    for name, text in CONFIGS.items():
+    print(f"{'config':14s} {'mean cos':>10s} {'min cos':>10s} {'bytes':>8s} {'seconds':>8s}")
+    configs = dict(CONFIGS)
+    windows = None
+    if args.calibration:
+        windows = calibration_windows(args.folder, args.calibration)
+        configs.update({f"int4 {k}": v for k, v in CALIBRATED.items()})
+    for name, text in configs.items():
         backbone = type(source).from_config(model_config)
         backbone.set_weights(weights)
         start = time.perf_counter()
         config_obj = text if text == "mixed" else parse_config(text, name)
-        plan = hubquant.quantize(backbone, config_obj)
+        plan = hubquant.plan_for(backbone, config_obj)
+        plan = hubquant.apply_plan(backbone, plan, calibration=windows)
         seconds = time.perf_counter() - start
         totals = plan.totals()
         ratio = totals["bytes_after"] / totals["bytes_before"]
         sims = cosine(embed(backbone, inputs), reference)
-        print(f"{name:10s} {sims.mean():10.6f} {sims.min():10.6f} {ratio:8.3f} {seconds:8.1f}")
+        print(f"{name:14s} {sims.mean():10.6f} {sims.min():10.6f} {ratio:8.3f} {seconds:8.1f}")
 
 
 if __name__ == "__main__":
