@@ -1,20 +1,23 @@
 """Products of a few input rows with a quantized ``[N, K]`` matrix (decoding).
 
 Generating one token per sequence, a projection is bound by reading its
-weights. XLA on CPU computes ``rows @ convert(codes).T`` (a matrix-vector
-product against the stored row-major ``[N, K]`` codes) without writing a
-float copy of the matrix: the codes are converted as they are read. Any
-other arrangement (the kernel layout an einsum wants, a transposed copy, or
-unpacking int4 along a transposed axis) makes XLA materialize a float
-matrix per step, which is slower than the float model itself.
+weights. Dequantizing them first (a float copy of the matrix written and read
+on every step, which XLA does for any converted, transposed or einsum-laid-out
+kernel inside the generate loop) makes a quantized model slower than the float
+one. So with at most ``FEW_ROWS`` rows, every projection takes its input as
+``[M, K]`` rows (``RowMap``) and multiplies them with the matrix as stored:
 
-So with few rows, every projection takes its input as ``[M, K]`` rows
-(``RowMap``), multiplies them with the codes in canonical layout, with int8
-scales applied to the ``[M, N]`` result and int4 group scales and zero points
-applied elementwise to the codes before the product (XLA fuses them into the
-read), and lays the result back out. The numbers are those of the
-dequantizing path up to float summation order. Many rows (prefill,
-calibration) are compute-bound and keep the layers' dequantizing path.
+- int8: integer dot products against the ``[N, K]`` codes, contracting their
+  stored last axis, with int32 sums. Each float row is split into two int8
+  parts, ``x ~ s * (hi + lo / 254)`` with ``s = max|x| / 127``, stacked so the
+  codes are read once for both: about 15 bits of the input are kept (error at
+  most ``max|x| / 64516`` per element), so the result is weight-only quality,
+  not that of an 8-bit activation. Sums are exact for ``K`` up to 131,000.
+- int4: the packed codes are unpacked, shifted by their zero points and scaled
+  in the same expression as the product, which XLA evaluates as it reads them.
+
+Many rows (prefill, calibration) are compute-bound and keep the layers'
+dequantizing path. ``bench/generate_speed.py`` measures both.
 """
 
 from __future__ import annotations
