@@ -216,3 +216,31 @@ def test_calibration_glob_matching_nothing_is_a_config_error(tmp_path):
     section = f"calibration: {{files: ['{tmp_path}/none*.txt']}}\n"
     with pytest.raises(ConfigError, match="key 'files': no file matches"):
         hubquant.quantize(lm, parse_config(_config("gptq", section), "c.yaml"))
+
+
+def test_layers_reading_one_input_share_its_hessian(quantized, tokens, monkeypatch):
+    """q, k and v read the same tensor: one Gram matrix serves all three, and
+    it equals ``2 X^T X / rows`` of the rows each layer saw."""
+    from hubquant.calibrate import blocks
+    from hubquant.calibrate.blocks import HessianStats, recording
+
+    computed = []
+    gram = blocks._gram
+    monkeypatch.setattr(blocks, "_gram", lambda x: computed.append(1) or gram(x))
+
+    reference = quantized["float"]
+    names = [f"_self_attention_layer._{p}_dense" for p in ("query", "key", "value")]
+    layers = {name: _at(reference, name) for name in names}
+    stats = {name: HessianStats(layers[name].kernel.shape[0]) for name in names}
+    seen = {name: _Rows() for name in names}
+    with recording(layers, stats):
+        reference.backbone(tokens[1])
+    assert len(computed) == 1  # one batch, one input: one Gram matrix
+    with recording(layers, seen):
+        reference.backbone(tokens[1])
+    x = seen[names[0]].x.astype(np.float64)
+    want = 2 * x.T @ x / len(x)
+    for name in names:
+        np.testing.assert_array_equal(seen[name].x, seen[names[0]].x)
+        np.testing.assert_array_equal(stats[name].hessian(), stats[names[0]].hessian())
+        np.testing.assert_allclose(stats[name].hessian(), want, rtol=1e-4, atol=1e-5)

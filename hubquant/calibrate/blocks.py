@@ -100,24 +100,45 @@ def _first(outputs):
 @contextlib.contextmanager
 def recording(layers: dict, stats: dict):
     """While active, each layer in ``layers`` (key -> layer) passes its input
-    rows to ``stats[key].add`` before computing as usual."""
+    rows to ``stats[key].add`` before computing as usual.
+
+    Layers that read the same tensor in turn (q, k and v; gate and up) get the
+    same rows array, so their statistics share one Gram matrix (``gram_of``).
+    """
+    last: list = [None]  # (input tensor, layer's reduction signature, rows)
     for key, layer in layers.items():
-        layer.call = _observer(layer, stats[key])
+        layer.call = _observer(layer, stats[key], last)
     try:
         yield
     finally:
         for layer in layers.values():
             layer.__dict__.pop("call", None)
+        _last_gram[:] = [None, None]
 
 
-def _observer(layer, stat):
+def _observer(layer, stat, last: list):
     original = type(layer).call.__get__(layer)
+    signature = _reduction_signature(layer)
 
     def call(inputs, *args, **kwargs):
-        stat.add(input_rows(layer, inputs))
+        seen = last[0]
+        if seen is None or seen[0] is not inputs or seen[1] != signature:
+            last[0] = seen = (inputs, signature, input_rows(layer, inputs))
+        stat.add(seen[2])
         return original(inputs, *args, **kwargs)
 
     return call
+
+
+def _reduction_signature(layer) -> tuple:
+    """What decides ``input_rows``' layout: the input's rank and which of its
+    axes are reduced, in kernel order (``()``: a Dense, the last axis)."""
+    equation = getattr(layer, "equation", None)
+    if equation is None:
+        return ()
+    operands, output = equation.split("->")
+    source, kernel = operands.split(",")
+    return len(source), tuple(source.index(c) for c in kernel if c not in output)
 
 
 def input_rows(layer, x) -> jnp.ndarray:
@@ -145,16 +166,26 @@ class HessianStats:
         self.rows = 0
 
     def add(self, x) -> None:
-        self.sum = _add_gram(self.sum, x)
+        self.sum = self.sum + gram_of(x)
         self.rows += x.shape[0]
 
     def hessian(self) -> np.ndarray:
         return np.asarray(self.sum) * (2.0 / max(self.rows, 1))
 
 
+_last_gram: list = [None, None]  # the rows array last seen and its Gram matrix
+
+
+def gram_of(x) -> jnp.ndarray:
+    """``x^T x``, computed once for the same rows array seen twice in a row."""
+    if _last_gram[0] is not x:
+        _last_gram[:] = [x, _gram(x)]
+    return _last_gram[1]
+
+
 @jax.jit
-def _add_gram(total, x):
-    return total + jnp.matmul(x.T, x, precision=lax.Precision.HIGHEST)
+def _gram(x):
+    return jnp.matmul(x.T, x, precision=lax.Precision.HIGHEST)
 
 
 class ActivationStats(HessianStats):
