@@ -18,6 +18,7 @@ from jax import lax
 from keras import ops
 
 from hubquant.errors import HubquantError
+from hubquant.layers import products
 
 TOKENS_PER_BATCH = 8192
 
@@ -105,7 +106,7 @@ def recording(layers: dict, stats: dict):
     Layers that read the same tensor in turn (q, k and v; gate and up) get the
     same rows array, so their statistics share one Gram matrix (``gram_of``).
     """
-    last: list = [None]  # (input tensor, layer's reduction signature, rows)
+    last: list = [None]  # (input tensor, layer's input order, rows)
     for key, layer in layers.items():
         layer.call = _observer(layer, stats[key], last)
     try:
@@ -118,7 +119,7 @@ def recording(layers: dict, stats: dict):
 
 def _observer(layer, stat, last: list):
     original = type(layer).call.__get__(layer)
-    signature = _reduction_signature(layer)
+    signature = _input_order(layer)
 
     def call(inputs, *args, **kwargs):
         seen = last[0]
@@ -130,15 +131,10 @@ def _observer(layer, stat, last: list):
     return call
 
 
-def _reduction_signature(layer) -> tuple:
-    """What decides ``input_rows``' layout: the input's rank and which of its
-    axes are reduced, in kernel order (``()``: a Dense, the last axis)."""
+def _input_order(layer) -> tuple:
+    """How ``input_rows`` lays out the layer's input (``()``: a Dense)."""
     equation = getattr(layer, "equation", None)
-    if equation is None:
-        return ()
-    operands, output = equation.split("->")
-    source, kernel = operands.split(",")
-    return len(source), tuple(source.index(c) for c in kernel if c not in output)
+    return () if equation is None else products.einsum_input_order(equation)
 
 
 def input_rows(layer, x) -> jnp.ndarray:
@@ -146,16 +142,12 @@ def input_rows(layer, x) -> jnp.ndarray:
     of the kernel's reduction axes (docs/format.md)."""
     x = jnp.asarray(ops.convert_to_numpy(x) if not isinstance(x, jax.Array) else x)
     x = x.astype(jnp.float32)
-    equation = getattr(layer, "equation", None)
-    if equation is None:
+    order = _input_order(layer)
+    if not order:
         return x.reshape(-1, x.shape[-1])
-    operands, output = equation.split("->")
-    source, kernel = operands.split(",")
-    reduce = [c for c in kernel if c not in output]
-    keep = [c for c in source if c not in reduce]
-    x = jnp.transpose(x, [source.index(c) for c in keep + reduce])
-    k = int(np.prod([x.shape[len(keep) + i] for i in range(len(reduce))]))
-    return x.reshape(-1, k)
+    perm, kept = order
+    x = jnp.transpose(x, perm)
+    return x.reshape(-1, int(np.prod(x.shape[kept:])))
 
 
 class HessianStats:

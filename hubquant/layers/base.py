@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from keras import ops
 from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
-from keras.quantizers import unpack_int4
 
 from hubquant import quantizers
 from hubquant.layers import products
@@ -295,17 +294,7 @@ class QuantizedLayerMixin:
         codes, scale = parts[0], parts[1]
         if spec.mode == "int8":
             return ops.cast(codes, "float32") * scale[:, None]
-        n = ops.shape(codes)[0]
-        q = ops.cast(unpack_int4(codes, spec.k, axis=-1), "float32")
-        gs = spec.k if spec.group_size == -1 else spec.group_size
-        pad = spec.groups * gs - spec.k
-        if pad:
-            q = ops.pad(q, [[0, 0], [0, pad]])
-        q = ops.reshape(q, (n, spec.groups, gs))
-        if spec.has_zero:
-            q = q - ops.cast(parts[2], "float32")[..., None]
-        w = ops.reshape(q * scale[..., None], (n, spec.groups * gs))
-        return w[:, : spec.k]
+        return products.int4_matrix(parts, spec)[:, : spec.k]
 
     def _spec_config(self) -> dict:
         """Specs as saved; ``input_scale`` only where set (older configs lack it)."""

@@ -48,10 +48,8 @@ def row_product(x, parts: list, spec):
         x = x * parts[-1][None, :]
     if spec.mode == "int8":
         return _int8_product(x, parts[0]) * parts[1][None, :]
-    gs = _group_width(spec)
-    groups = -(-spec.k // gs)
-    w = _int4_matrix(parts, spec, groups, gs)
-    return ops.matmul(_pad_last(x, groups * gs), ops.transpose(w))
+    w = int4_matrix(parts, spec)
+    return ops.matmul(_pad_last(x, w.shape[-1]), ops.transpose(w))
 
 
 def _int8_product(x, codes):
@@ -78,15 +76,18 @@ def _int_dot(a, codes):
     return ops.matmul(a, ops.transpose(codes))
 
 
-def _int4_matrix(parts: list, spec, groups: int, gs: int):
-    """The float ``[N, groups * gs]`` matrix (zero-padded past ``K``)."""
-    packed = ops.reshape(_pad_last(parts[0], groups * gs // 2), (spec.n, groups, gs // 2))
+def int4_matrix(parts: list, spec):
+    """The float32 int4 matrix from ``parts`` (codes, scale, [zero]) of any
+    number of rows, zero-padded past ``K`` to whole groups."""
+    gs = _group_width(spec)
+    groups = -(-spec.k // gs)
+    packed = ops.reshape(_pad_last(parts[0], groups * gs // 2), (-1, groups, gs // 2))
     low = ops.right_shift(ops.left_shift(packed, 4), 4)  # sign-extended nibbles
     q = ops.stack([low, ops.right_shift(packed, 4)], axis=-1)  # even index low
-    q = ops.cast(ops.reshape(q, (spec.n, groups, gs)), "float32")
+    q = ops.cast(ops.reshape(q, (-1, groups, gs)), "float32")
     if spec.has_zero:
         q = q - ops.cast(parts[2], "float32")[..., None]
-    return ops.reshape(q * parts[1][..., None], (spec.n, groups * gs))
+    return ops.reshape(q * parts[1][..., None], (-1, groups * gs))
 
 
 def _group_width(spec) -> int:
@@ -129,6 +130,17 @@ class RowMap:
 
 
 @functools.cache
+def einsum_input_order(equation: str) -> tuple[tuple[int, ...], int]:
+    """The input axes of an einsum projection as rows (input order) then
+    reduced (kernel order), and how many are rows."""
+    operands, output = equation.split("->")
+    source, kernel = operands.split(",")
+    reduce = [c for c in kernel if c not in output]
+    keep = [c for c in source if c not in reduce]
+    return tuple(source.index(c) for c in keep + reduce), len(keep)
+
+
+@functools.cache
 def einsum_row_map(equation: str, kernel_shape: tuple) -> RowMap | None:
     """The ``RowMap`` of an einsum projection; None when inputs carry axes
     that are neither rows nor reduced (never so for KerasHub projections)."""
@@ -136,14 +148,13 @@ def einsum_row_map(equation: str, kernel_shape: tuple) -> RowMap | None:
     source, kernel = operands.split(",")
     reduce = [c for c in kernel if c not in output]
     keep = [c for c in source if c not in reduce]
-    outs = [c for c in kernel if c in output]
     if not set(reduce) <= set(source) or not set(keep) <= set(output) or "." in equation:
         return None
-    in_perm = tuple(source.index(c) for c in keep + reduce)
-    inter = keep + outs
-    out_perm = tuple(inter.index(c) for c in output)
+    in_perm, kept = einsum_input_order(equation)
+    outs = [c for c in kernel if c in output]
+    out_perm = tuple((keep + outs).index(c) for c in output)
     out_dims = tuple(kernel_shape[kernel.index(c)] for c in outs)
-    return RowMap(in_perm, len(keep), out_dims, out_perm)
+    return RowMap(in_perm, kept, out_dims, out_perm)
 
 
 @functools.cache
