@@ -41,6 +41,11 @@ class PlanEntry:
     algorithm_options: dict | None = None
 
     @property
+    def is_bank(self) -> bool:
+        """A matrix of a mixture-of-experts bank (``[experts, in, out]``)."""
+        return len(self.kernel_shape) == 3 and self.matrix != "kernel"
+
+    @property
     def params(self) -> int:
         return self.shape[0] * self.shape[1]
 

@@ -66,20 +66,30 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
             layer.__dict__.pop(name, None)
     layer.hubquant_specs = {
         e.matrix: MatrixSpec(
-            e.mode, e.group_size, e.symmetric, *e.shape, input_scale=_has_input_scale(e)
+            e.mode,
+            e.group_size,
+            e.symmetric,
+            *e.shape,
+            input_scale=_has_input_scale(e),
+            input_scale_rows=_input_scale_rows(e),
         )
         for e in entries
     }
     layer.hubquant_source_dtype = entries[0].source_dtype
     if entries[0].matrix == "kernel":
         layer._hubquant_kernel_shape = entries[0].kernel_shape
-    if len(entries[0].kernel_shape) == 3 and entries[0].matrix != "kernel":
+    if entries[0].is_bank:
         layer.hubquant_bank_shapes = {e.matrix: e.kernel_shape for e in entries}
 
 
 def _has_input_scale(entry: PlanEntry) -> bool:
     """AWQ keeps its per-input-channel scale in the layer (docs/format.md)."""
-    return entry.algorithm == "awq" and entry.matrix == "kernel"
+    return entry.algorithm == "awq" and (entry.matrix == "kernel" or entry.is_bank)
+
+
+def _input_scale_rows(entry: PlanEntry) -> int:
+    """An expert bank holds one input scale per expert."""
+    return entry.kernel_shape[0] if entry.is_bank and _has_input_scale(entry) else 1
 
 
 def _matrix_variable_attrs(layer, entries: list[PlanEntry]) -> list[str]:

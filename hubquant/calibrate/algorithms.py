@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from hubquant.calibrate.blocks import ActivationStats, HessianStats
 from hubquant.plan import PlanEntry
+from hubquant.quantizers import QuantizedMatrix
 
 
 def new_stats(entry: PlanEntry):
@@ -16,7 +19,19 @@ def new_stats(entry: PlanEntry):
 def quantize_layer(layer, entry: PlanEntry, stats) -> None:
     """Compute the layer's quantized kernel from ``stats`` and hand it to its hook."""
     fm = layer._float_matrices()["kernel"]
-    w = fm.to_matrix(getattr(layer, fm.attr))
+    matrix, input_scale = quantize_matrix(fm.to_matrix(getattr(layer, fm.attr)), entry, stats)
+    values = {"kernel": matrix}
+    if input_scale is not None:
+        values["kernel_input_scale"] = input_scale
+    layer.quantize(entry.mode, values=values)
+
+
+def quantize_matrix(
+    w: np.ndarray, entry: PlanEntry, stats
+) -> tuple[QuantizedMatrix, np.ndarray | None]:
+    """Codes of ``w`` ``[N, K]`` by the entry's algorithm, and (AWQ) the input
+    multiplier ``[K]``. ``stats``: ``hessian()`` for GPTQ; ``magnitude()`` and
+    ``gram()`` for AWQ."""
     options = entry.algorithm_options or {}
     if entry.algorithm == "gptq":
         from hubquant.calibrate.gptq import gptq_quantize
@@ -24,11 +39,10 @@ def quantize_layer(layer, entry: PlanEntry, stats) -> None:
         matrix = gptq_quantize(
             w, stats.hessian(), entry.mode, entry.group_size, entry.symmetric, **options
         )
-        layer.quantize(entry.mode, values={"kernel": matrix})
-        return
+        return matrix, None
     from hubquant.calibrate.awq import awq_quantize
 
-    matrix, input_scale = awq_quantize(
+    return awq_quantize(
         w,
         stats.magnitude(),
         stats.gram(),
@@ -37,4 +51,3 @@ def quantize_layer(layer, entry: PlanEntry, stats) -> None:
         entry.symmetric,
         **options,
     )
-    layer.quantize(entry.mode, values={"kernel": matrix, "kernel_input_scale": input_scale})

@@ -1,8 +1,9 @@
 """The entry point: quantize a Plan's calibrated layers block by block.
 
-Layers outside the transformer blocks (token table, LM head) and expert banks
-are quantized by round-to-nearest, and the Plan returned says so
-(``algorithm: rtn``) with a note for each.
+Projections are calibrated on their inputs, expert banks expert by expert on
+the tokens routed to each (``experts.py``). Layers outside the transformer
+blocks (token table, LM head) are quantized by round-to-nearest, and the Plan
+returned says so (``algorithm: rtn``) with a note for each.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from hubquant.calibrate import blocks as blocks_mod
+from hubquant.calibrate import experts
 from hubquant.calibrate.calibration import (
     Calibration,
     calibration_tokens,
@@ -45,7 +47,7 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
     for attr, entries in direct.items():
         _quantize_rtn(backbone, attr, entries, on_layer)
     if by_block:
-        _run_blocks(backbone, plan, by_block, tokens, on_layer)
+        notes += _run_blocks(backbone, plan, by_block, tokens, on_layer)
     fallback = {(e.attr, e.matrix) for es in direct.values() for e in es if e.algorithm != "rtn"}
     entries = tuple(
         dataclasses.replace(e, algorithm="rtn", algorithm_options=None)
@@ -56,17 +58,20 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
     return dataclasses.replace(plan, entries=entries), notes
 
 
-def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer) -> None:
+def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer) -> list[str]:
     """Block by block: statistics on the float block, quantize, pass outputs on."""
     block_list = _block_list(backbone, plan)
     inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
-    last = max(by_block)
+    routers = {e.block: e.attr for e in plan.entries if e.role == "moe.router"}
+    last, notes = max(by_block), []
     for index, block in enumerate(block_list[: last + 1]):
         planned = by_block.get(index, {})
         if planned:
-            _quantize_block(backbone, block, index, planned, inputs, on_layer)
+            step = _BlockStep(backbone, index, planned, routers.get(index), on_layer)
+            notes += step.run(block, inputs)
         if index < last:
             inputs.run(block, index)
+    return notes
 
 
 def _calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:
@@ -87,17 +92,21 @@ def _split(plan: Plan):
     for attr, entries in plan.layers().items():
         first = entries[0]
         calibrated = first.algorithm != "rtn"
-        if calibrated and first.block is not None and first.layer in CALIBRATED_LAYERS:
+        if calibrated and first.block is not None and _calibratable(first):
             by_block.setdefault(first.block, {})[attr] = entries
             continue
         direct[attr] = entries
         if calibrated:
-            why = "outside the transformer blocks" if first.block is None else "to expert banks"
+            why = "outside the transformer blocks" if first.block is None else f"to {first.layer}"
             notes.append(
                 f"{first.path} ({first.role}): {first.algorithm} is not applied {why}; "
                 "quantized by round-to-nearest"
             )
     return by_block, direct, notes
+
+
+def _calibratable(entry: PlanEntry) -> bool:
+    return entry.layer in CALIBRATED_LAYERS or entry.is_bank
 
 
 def _block_list(backbone, plan: Plan) -> list:
@@ -111,19 +120,40 @@ def _quantize_rtn(backbone, attr: str, entries: list[PlanEntry], on_layer) -> No
         on_layer(entries)
 
 
-def _quantize_block(backbone, block, index, planned, inputs, on_layer) -> None:
-    """Collect statistics on the float block, then quantize its planned layers."""
-    from hubquant.calibrate import algorithms
+class _BlockStep:
+    """One block's planned layers: statistics on the float block, then quantize."""
 
-    layers = {attr: layer_at(backbone, attr) for attr in planned}
-    calibrated = {a: e for a, e in planned.items() if e[0].algorithm != "rtn"}
-    stats = {attr: algorithms.new_stats(entries[0]) for attr, entries in calibrated.items()}
-    with blocks_mod.recording({a: layers[a] for a in stats}, stats):
-        inputs.feed(block, index)
-    for attr, entries in planned.items():
-        if attr in stats:
-            algorithms.quantize_layer(layers[attr], entries[0], stats.pop(attr))
-        else:
-            layers[attr].quantize(entries[0].mode)
-        if on_layer is not None:
-            on_layer(entries)
+    def __init__(self, backbone, index: int, planned: dict, router: str | None, on_layer):
+        from hubquant.calibrate import algorithms
+
+        self.index, self.planned, self.on_layer = index, planned, on_layer
+        self.layers = {attr: layer_at(backbone, attr) for attr in planned}
+        calibrated = {a: e for a, e in planned.items() if e[0].algorithm != "rtn"}
+        self.banks = {
+            a: experts.new_bank(backbone, self.layers[a], router, e)
+            for a, e in calibrated.items()
+            if e[0].is_bank
+        }
+        self.stats = {
+            a: algorithms.new_stats(e[0]) for a, e in calibrated.items() if a not in self.banks
+        }
+
+    def run(self, block, inputs: blocks_mod.BlockInputs) -> list[str]:
+        from hubquant.calibrate import algorithms
+
+        with (
+            blocks_mod.recording({a: self.layers[a] for a in self.stats}, self.stats),
+            experts.recording(list(self.banks.values())),
+        ):
+            inputs.feed(block, self.index)
+        notes = []
+        for attr, entries in self.planned.items():
+            if attr in self.banks:
+                notes += experts.quantize_bank(self.banks.pop(attr))
+            elif attr in self.stats:
+                algorithms.quantize_layer(self.layers[attr], entries[0], self.stats.pop(attr))
+            else:
+                self.layers[attr].quantize(entries[0].mode)
+            if self.on_layer is not None:
+                self.on_layer(entries)
+        return notes

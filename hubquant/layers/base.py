@@ -36,6 +36,9 @@ class MatrixSpec:
     # AWQ: a float32 [K] multiplier applied to the inputs (folded into the
     # dequantized matrix): w ~ (q - zero) * scale * input_scale[k].
     input_scale: bool = False
+    # An expert bank keeps one input scale per expert: [input_scale_rows, K],
+    # each row applying to its N / input_scale_rows consecutive output rows.
+    input_scale_rows: int = 1
 
     @property
     def groups(self) -> int:
@@ -61,7 +64,8 @@ class MatrixSpec:
 
     def _with_input_scale(self, shapes: dict) -> dict:
         if self.input_scale:
-            shapes["input_scale"] = ((self.k,), "float32")
+            rows = self.input_scale_rows
+            shapes["input_scale"] = ((self.k,) if rows == 1 else (rows, self.k), "float32")
         return shapes
 
 
@@ -123,7 +127,7 @@ class QuantizedLayerMixin:
                 if matrix is None:
                     matrix = _quantize(fm.to_matrix(getattr(self, fm.attr)), spec)
                 input_scale = values.get(f"{name}_input_scale")
-                spec = replace(spec, input_scale=input_scale is not None)
+                spec = _with_input_scale(spec, input_scale)
                 self.hubquant_specs[name] = spec
                 self._drop_variable(fm.attr)
                 self._build_matrix(name, spec, matrix, input_scale)
@@ -270,9 +274,14 @@ class QuantizedLayerMixin:
         parts = self._matrix_parts(name)
         if rows is not None:
             parts = [ops.take(p, rows, axis=0) for p in parts]
-        if spec.input_scale:
-            return ops.cast(self._dequantized_f32(spec, parts) * parts[-1][None, :], dtype)
-        return ops.cast(self._dequantized_f32(spec, parts), dtype)
+        w = self._dequantized_f32(spec, parts)
+        if spec.input_scale and spec.input_scale_rows > 1:
+            rows = spec.input_scale_rows
+            w = ops.reshape(w, (rows, -1, spec.k)) * parts[-1][:, None, :]
+            w = ops.reshape(w, (spec.n, spec.k))
+        elif spec.input_scale:
+            w = w * parts[-1][None, :]
+        return ops.cast(w, dtype)
 
     def _matrix_parts(self, name: str) -> list:
         """A matrix's variables: codes, scale, then zero and input_scale if held."""
@@ -297,9 +306,10 @@ class QuantizedLayerMixin:
         return products.int4_matrix(parts, spec)[:, : spec.k]
 
     def _spec_config(self) -> dict:
-        """Specs as saved; ``input_scale`` only where set (older configs lack it)."""
+        """Specs as saved; the input scale fields only where set (older configs
+        lack them)."""
         return {
-            name: {k: v for k, v in asdict(spec).items() if k != "input_scale" or v}
+            name: {k: v for k, v in asdict(spec).items() if _DEFAULTS.get(k, object()) != v}
             for name, spec in self.hubquant_specs.items()
         }
 
@@ -308,6 +318,16 @@ class QuantizedLayerMixin:
 def _named(cls: type, name: str) -> type:
     """``cls`` under another class name (for the paths Keras derives from it)."""
     return type(name, (cls,), {"__module__": cls.__module__})
+
+
+_DEFAULTS = {"input_scale": False, "input_scale_rows": 1}
+
+
+def _with_input_scale(spec: MatrixSpec, input_scale) -> MatrixSpec:
+    if input_scale is None:
+        return replace(spec, input_scale=False, input_scale_rows=1)
+    rows = 1 if np.ndim(input_scale) == 1 else int(np.shape(input_scale)[0])
+    return replace(spec, input_scale=True, input_scale_rows=rows)
 
 
 def specs_from_config(config: dict | None) -> dict:
