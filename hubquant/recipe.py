@@ -32,7 +32,7 @@ LAYER_NAMES = (
 SCOPES = ("block", "backbone")
 PARTS = ("forward", "reverse")
 TOP_KEYS = ("name", "description", "backbones", "blocks", "hf_model_type", "roles")
-ROLE_KEYS = ("path", "scope", "hf", "layer", "part", "matrices", "optional")
+ROLE_KEYS = ("path", "scope", "hf", "layer", "part", "matrices", "optional", "input_norm")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.([A-Za-z_]\w*|\d+))*")
 
@@ -52,6 +52,9 @@ class RoleSpec:
     matrices: tuple[str, ...] = ()
     # True: blocks without this path are skipped (e.g. dense layers in a MoE model).
     optional: bool = False
+    # The block's norm layer whose output is exactly this projection's input:
+    # AWQ folds its scales there (shared by every role naming the same norm).
+    input_norm: str | None = None
 
     def to_dict(self) -> dict:
         spec = dataclasses.asdict(self)
@@ -255,7 +258,17 @@ def _role(role: object, raw: object, source: str) -> RoleSpec:
         part=_choice(raw, "part", PARTS, where) or "forward",
         matrices=_matrices(raw.get("matrices"), where),
         optional=_flag(raw.get("optional"), "optional", where),
+        input_norm=_input_norm(raw, scope, where),
     )
+
+
+def _input_norm(raw: dict, scope: str, where: str) -> str | None:
+    if raw.get("input_norm") is None:
+        return None
+    if scope != "block":
+        expected = "expected no input_norm on a backbone-scope role"
+        raise RecipeError(message(where, "input_norm", expected, raw["input_norm"]))
+    return _dotted(raw, "input_norm", where)
 
 
 def _matrices(value: object, where: str) -> tuple[str, ...]:

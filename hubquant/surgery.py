@@ -84,7 +84,8 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
 
 def _has_input_scale(entry: PlanEntry) -> bool:
     """AWQ keeps its per-input-channel scale in the layer (docs/format.md)."""
-    return entry.algorithm == "awq" and (entry.matrix == "kernel" or entry.is_bank)
+    held = entry.folded_into is None
+    return entry.algorithm == "awq" and held and (entry.matrix == "kernel" or entry.is_bank)
 
 
 def _input_scale_rows(entry: PlanEntry) -> int:

@@ -39,37 +39,57 @@ def awq_quantize(
     symmetric: bool = False,
     grid: int = 20,
     clip: bool = False,
+    scale: np.ndarray | None = None,
 ) -> tuple[QuantizedMatrix, np.ndarray]:
     """Codes of ``w * s`` and the input multiplier ``1 / s`` ``[K]``.
 
     ``magnitude``: mean ``|x|`` per input channel; ``gram``: ``X^T X / rows``.
+    ``scale``: ``s`` already chosen (shared by a group, ``awq_group_scale``);
+    searched for ``w`` alone when None.
     """
     w = np.asarray(w, np.float32)
-    k = w.shape[1]
-    bits = 8 if mode == "int8" else 4
-    if mode == "int8":
-        group_size, symmetric = -1, True
-    gs = k if group_size == -1 else group_size
-    alphas = jnp.arange(grid, dtype=jnp.float32) / grid
-    errors = _scale_errors(
-        jnp.asarray(w),
-        jnp.asarray(magnitude),
-        jnp.asarray(gram),
-        alphas,
-        gs=gs,
-        symmetric=symmetric,
-        bits=bits,
-    )
-    best = float(alphas[int(jnp.argmin(errors))])
-    s = np.asarray(_scales(jnp.asarray(magnitude), best))
+    if scale is None:
+        scale = awq_group_scale([(w, mode, group_size, symmetric)], magnitude, gram, grid)
+    s = np.asarray(scale, np.float32)
     scaled = w * s[None, :]
     if mode == "int8":
         matrix = quantizers.quantize_int8(scaled)
     elif clip:
+        gs = w.shape[1] if group_size == -1 else group_size
         matrix = _clipped_int4(scaled, gram / (s[:, None] * s[None, :]), gs, group_size, symmetric)
     else:
         matrix = quantizers.quantize_int4(scaled, group_size, symmetric)
     return matrix, (1.0 / s).astype(np.float32)
+
+
+def awq_group_scale(
+    layers: list[tuple[np.ndarray, str, int, bool]],
+    magnitude: np.ndarray,
+    gram: np.ndarray,
+    grid: int = 20,
+) -> np.ndarray:
+    """One scale ``s`` ``[K]`` for layers reading the same input: ``alpha``
+    with the lowest summed output error. ``layers``: (w, mode, group_size,
+    symmetric) each."""
+    alphas = jnp.arange(grid, dtype=jnp.float32) / grid
+    magnitude_j, gram_j = jnp.asarray(magnitude), jnp.asarray(gram)
+    errors = 0.0
+    for w, mode, group_size, symmetric in layers:
+        bits = 8 if mode == "int8" else 4
+        if mode == "int8":
+            group_size, symmetric = -1, True
+        gs = w.shape[1] if group_size == -1 else group_size
+        errors = errors + _scale_errors(
+            jnp.asarray(w, jnp.float32),
+            magnitude_j,
+            gram_j,
+            alphas,
+            gs=gs,
+            symmetric=symmetric,
+            bits=bits,
+        )
+    best = float(alphas[int(jnp.argmin(errors))])
+    return np.asarray(_scales(magnitude_j, best), np.float32)
 
 
 def _scales(magnitude, alpha):

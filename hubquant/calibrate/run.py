@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from hubquant.calibrate import blocks as blocks_mod
-from hubquant.calibrate import experts
+from hubquant.calibrate import experts, fold
 from hubquant.calibrate.calibration import (
     Calibration,
     calibration_tokens,
@@ -46,16 +46,24 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
     by_block, direct, notes = _split(plan)
     for attr, entries in direct.items():
         _quantize_rtn(backbone, attr, entries, on_layer)
+    folded = {}
     if by_block:
-        notes += _run_blocks(backbone, plan, by_block, tokens, on_layer)
+        more, folded = _run_blocks(backbone, plan, by_block, tokens, on_layer)
+        notes += more
     fallback = {(e.attr, e.matrix) for es in direct.values() for e in es if e.algorithm != "rtn"}
-    entries = tuple(
-        dataclasses.replace(e, algorithm="rtn", algorithm_options=None)
-        if (e.attr, e.matrix) in fallback
-        else e
-        for e in plan.entries
-    )
-    return dataclasses.replace(plan, entries=entries), notes
+    return dataclasses.replace(plan, entries=_as_applied(plan, fallback, folded)), notes
+
+
+def _as_applied(plan: Plan, fallback: set, folded: dict) -> tuple[PlanEntry, ...]:
+    """The entries with round-to-nearest fallbacks and AWQ folds recorded."""
+    entries = []
+    for e in plan.entries:
+        if (e.attr, e.matrix) in fallback:
+            e = dataclasses.replace(e, algorithm="rtn", algorithm_options=None)
+        elif e.attr in folded:
+            e = dataclasses.replace(e, folded_into=folded[e.attr])
+        entries.append(e)
+    return tuple(entries)
 
 
 def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer) -> list[str]:
@@ -63,15 +71,16 @@ def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer) -> list[
     block_list = _block_list(backbone, plan)
     inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
     routers = {e.block: e.attr for e in plan.entries if e.role == "moe.router"}
-    last, notes = max(by_block), []
+    last, notes, folded = max(by_block), [], {}
     for index, block in enumerate(block_list[: last + 1]):
         planned = by_block.get(index, {})
         if planned:
-            step = _BlockStep(backbone, index, planned, routers.get(index), on_layer)
+            step = _BlockStep(backbone, plan, index, planned, routers.get(index), on_layer)
             notes += step.run(block, inputs)
+            folded.update(step.folded)
         if index < last:
             inputs.run(block, index)
-    return notes
+    return notes, folded
 
 
 def _calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:
@@ -123,10 +132,15 @@ def _quantize_rtn(backbone, attr: str, entries: list[PlanEntry], on_layer) -> No
 class _BlockStep:
     """One block's planned layers: statistics on the float block, then quantize."""
 
-    def __init__(self, backbone, index: int, planned: dict, router: str | None, on_layer):
+    def __init__(self, backbone, plan, index: int, planned: dict, router: str | None, on_layer):
         from hubquant.calibrate import algorithms
 
-        self.index, self.planned, self.on_layer = index, planned, on_layer
+        self.backbone, self.index, self.planned, self.on_layer = backbone, index, planned, on_layer
+        self.readers: dict[str, list[PlanEntry]] = {}
+        for e in plan.entries:
+            if e.block == index and e.input_norm is not None:
+                self.readers.setdefault(e.input_norm, []).append(e)
+        self.folded: dict[str, str] = {}  # layer attr -> norm attr
         self.layers = {attr: layer_at(backbone, attr) for attr in planned}
         calibrated = {a: e for a, e in planned.items() if e[0].algorithm != "rtn"}
         self.banks = {
@@ -146,10 +160,12 @@ class _BlockStep:
             experts.recording(list(self.banks.values())),
         ):
             inputs.feed(block, self.index)
-        notes = []
+        notes = self._fold()
         for attr, entries in self.planned.items():
             if attr in self.banks:
                 notes += experts.quantize_bank(self.banks.pop(attr))
+            elif attr in self.folded:
+                pass  # quantized with its group by _fold
             elif attr in self.stats:
                 algorithms.quantize_layer(self.layers[attr], entries[0], self.stats.pop(attr))
             else:
@@ -157,3 +173,40 @@ class _BlockStep:
             if self.on_layer is not None:
                 self.on_layer(entries)
         return notes
+
+    def _fold(self) -> list[str]:
+        """Quantize AWQ groups whose scale folds into their input norm."""
+        notes = []
+        for norm_attr, attrs in fold.fold_groups(self.planned, self.readers, self.stats).items():
+            norm = layer_at(self.backbone, norm_attr)
+            form = fold.norm_form(norm, norm.path)
+            if isinstance(form, str):
+                notes.append(f"AWQ scales stay in the layers reading {norm.path}: {form}")
+                continue
+            self._quantize_folded(attrs, form)
+            self.folded.update(dict.fromkeys(attrs, norm_attr))
+        return notes
+
+    def _quantize_folded(self, attrs: list[str], form: fold.NormForm) -> None:
+        from hubquant.calibrate.awq import awq_group_scale, awq_quantize
+
+        entries = [self.planned[a][0] for a in attrs]
+        stat = self.stats[attrs[0]]
+        magnitude, gram = stat.magnitude(), stat.gram()
+        ws = [_kernel_matrix(self.layers[a]) for a in attrs]
+        grid = (entries[0].algorithm_options or {}).get("grid", 20)
+        layers = [(w, e.mode, e.group_size, e.symmetric) for w, e in zip(ws, entries, strict=True)]
+        s = awq_group_scale(layers, magnitude, gram, grid)
+        form.divide_by(s)
+        for attr, w, e in zip(attrs, ws, entries, strict=True):
+            clip = (e.algorithm_options or {}).get("clip", False)
+            matrix, _ = awq_quantize(
+                w, magnitude, gram, e.mode, e.group_size, e.symmetric, clip=clip, scale=s
+            )
+            self.layers[attr].quantize(e.mode, values={"kernel": matrix})
+            del self.stats[attr]
+
+
+def _kernel_matrix(layer) -> np.ndarray:
+    fm = layer._float_matrices()["kernel"]
+    return fm.to_matrix(getattr(layer, fm.attr))

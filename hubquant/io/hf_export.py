@@ -61,7 +61,10 @@ def export_hf(model, folder: Path) -> None:
     write_safetensors(folder / "model.safetensors", specs, {"format": "pt"})
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     if tokenizer is not None:
-        exporter.export_tokenizer(tokenizer, str(folder))
+        from hubquant.io.tokenizers import as_keras_hub_class
+
+        with as_keras_hub_class(tokenizer):
+            exporter.export_tokenizer(tokenizer, str(folder))
 
 
 def _mapping(exporter, family: str) -> tuple:
@@ -157,7 +160,7 @@ def _is_linear(entry: PlanEntry) -> bool:
 
 def _check_exportable(entry: PlanEntry) -> None:
     k = entry.shape[1]
-    if entry.algorithm == "awq":
+    if entry.algorithm == "awq" and entry.folded_into is None:
         raise HubquantError(
             f"layer '{entry.path}' ({entry.role}): quantized with AWQ, it holds a per-input-"
             "channel scale (kernel_input_scale) that compressed-tensors has no place for; "

@@ -8,6 +8,8 @@ a registered subclass that saves and restores them.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras_hub.models import Llama3Backbone, Llama3Tokenizer
 
@@ -45,3 +47,17 @@ def keep_special_tokens(model) -> None:
     tokenizer = getattr(preprocessor, "tokenizer", None)
     if type(tokenizer) is Llama3Tokenizer:
         tokenizer.__class__ = HubquantLlama3Tokenizer
+
+
+@contextlib.contextmanager
+def as_keras_hub_class(tokenizer):
+    """Present hubquant's tokenizer subclass as KerasHub's own while exporters
+    look it up by class name."""
+    swapped = type(tokenizer) is HubquantLlama3Tokenizer
+    if swapped:
+        tokenizer.__class__ = Llama3Tokenizer
+    try:
+        yield tokenizer
+    finally:
+        if swapped:
+            tokenizer.__class__ = HubquantLlama3Tokenizer
