@@ -76,15 +76,16 @@ def apply(
 
 def _source(preset: str, config, recipe, strict: bool):
     """``(model, plan, pending)``: a preset is streamed (``model`` None until
-    read) unless the synthetic default or a calibrated algorithm needs the
-    float model in memory."""
+    read); calibrated algorithms stream only from KerasHub presets (other
+    sources, and the synthetic default, are loaded whole)."""
     from hubquant import api, stream
     from hubquant.source import load_source
     from hubquant.synthetic import DEFAULT_PRESET
 
     if preset != DEFAULT_PRESET:
         pending = stream.prepare(preset, config, recipe, strict=strict)
-        if all(e.algorithm == "rtn" for e in pending.plan.quantized):
+        rtn = all(e.algorithm == "rtn" for e in pending.plan.quantized)
+        if rtn or stream.is_keras_preset(pending.loader):
             return None, pending.plan, pending
     model = load_source(preset)
     return model, api.plan_for(model, config, recipe, strict=strict), None
@@ -92,10 +93,13 @@ def _source(preset: str, config, recipe, strict: bool):
 
 def _quantize_with_progress(model, plan, pending, quiet: bool, config):
     from hubquant import api, stream
+    from hubquant.calibrate.run import needs_calibration
     from hubquant.progress import Progress
 
     with Progress(plan, quiet=quiet) as progress:
-        if pending is not None:
+        if pending is not None and needs_calibration(plan):
+            model, plan = stream.read_calibrated(pending, config.calibration, on_layer=progress)
+        elif pending is not None:
             model = stream.read_quantized(pending, on_layer=progress)
         else:
             plan = api.apply_plan(model, plan, on_layer=progress, calibration=config.calibration)

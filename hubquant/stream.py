@@ -13,6 +13,7 @@ the same quantizer over the same blocks of rows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import keras
@@ -59,13 +60,87 @@ def read_quantized(pending: Pending, on_layer=None):
     backbone = api.backbone_of(model)
     float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
     surgery.swap_layers(backbone, plan)
-    if _is_keras_preset(pending.loader):
+    if is_keras_preset(pending.loader):
         _stream_keras(model, pending.loader, plan, on_layer, float_classes)
     else:
         _stream_converted(model, pending.loader, plan, on_layer)
     _check_complete(model, pending.loader.preset)
     models.mark_quantized(model, plan)
     return model
+
+
+def read_calibrated(pending: Pending, calibration=None, on_layer=None):
+    """``(model, plan)``: read the weights, leaving the matrices of calibrated
+    layers on disk until calibration reaches their block (``calibrate_plan``'s
+    ``before_block``); every other planned layer is quantized as it arrives.
+    Only a KerasHub preset (``is_keras_preset``) can be read so."""
+    from hubquant.calibrate.run import calibrate_plan, calibrated_by_block
+
+    model, plan = pending.model, pending.plan
+    backbone = api.backbone_of(model)
+    later = {a for attrs in calibrated_by_block(plan).values() for a in attrs}
+    float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
+    surgery.swap_layers(backbone, plan)
+    _stream_keras(model, pending.loader, plan, on_layer, float_classes, later)
+    _check_complete(model, pending.loader.preset, skip=_later_variables(backbone, later))
+
+    def before_block(attrs) -> None:
+        for attr in attrs:
+            read_now(surgery.layer_at(backbone, attr))
+
+    plan, notes = calibrate_plan(model, plan, calibration, on_layer, before_block)
+    plan = dataclasses.replace(plan, notes=tuple(notes))
+    models.mark_quantized(model, plan)
+    return model, plan
+
+
+def _later_variables(backbone, attrs) -> set[int]:
+    layers = [surgery.layer_at(backbone, a) for a in attrs]
+    return {id(getattr(layer, fm.attr)) for layer in layers for fm in _planned_floats(layer)}
+
+
+@dataclass(frozen=True)
+class FloatLater:
+    """Where a float value lies in a preset's weights file, to read it later."""
+
+    filename: str
+    name: str  # the dataset's path in the file
+
+    def read(self) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.filename, "r") as f:
+            dataset = f[self.name]
+            value = dataset[...]
+            bf16 = dataset.attrs.get("dtype") == "bfloat16"
+        return value.view(ml_dtypes.bfloat16) if bf16 else value
+
+
+def read_later(store, key: str, fm: FloatMatrix):
+    """A ``FloatLater`` for the value under ``key`` (the value itself when the
+    store is not an HDF5 file)."""
+    import h5py
+
+    group = getattr(store, "_h5_entry_group", None)
+    if isinstance(group, h5py.Group) and isinstance(group.get(key), h5py.Dataset):
+        return FloatLater(group.file.filename, group[key].name)
+    return _Held(np.asarray(store[key]))
+
+
+@dataclass(frozen=True)
+class _Held:
+    value: np.ndarray
+
+    def read(self) -> np.ndarray:
+        return self.value
+
+
+def read_now(layer) -> None:
+    """Give a layer's matrices left on disk (``read_later``) their float values."""
+    later = layer.__dict__.pop("hubquant_later", None) or {}
+    floats = layer._float_matrices()
+    for name, where in later.items():
+        set_value(getattr(layer, floats[name].attr), where.read())
 
 
 def build_unloaded(preset: str):
@@ -120,21 +195,28 @@ def set_value(variable, value) -> None:
 
 
 # -- KerasHub presets: Keras' own weight loading, one layer at a time ---------
-def _is_keras_preset(loader) -> bool:
+def is_keras_preset(loader) -> bool:
     from keras_hub.src.utils.preset_utils import KerasPresetLoader
 
     return isinstance(loader, KerasPresetLoader)
 
 
-def _stream_keras(model, loader, plan: Plan, on_layer, float_classes: dict) -> None:
+def _stream_keras(
+    model, loader, plan: Plan, on_layer, float_classes: dict, later=frozenset()
+) -> None:
+    """Keras' loading, planned layers quantized as they load (those in
+    ``later`` only told where their matrices are)."""
     from keras_hub.src.utils.preset_utils import TASK_WEIGHTS_FILE, check_file_exists, get_file
 
     backbone = api.backbone_of(model)
     planned = set()
     for attr, entries in plan.layers().items():
         layer = surgery.layer_at(backbone, attr)
-        done = _done(on_layer, entries)
-        layer.stream_from_float(entries[0].mode, read_matrix, done, float_classes[attr])
+        if attr in later:
+            layer.stream_from_float(None, read_later, release_free_memory, float_classes[attr])
+        else:
+            done = _done(on_layer, entries)
+            layer.stream_from_float(entries[0].mode, read_matrix, done, float_classes[attr])
         planned |= {id(getattr(layer, fm.attr)) for fm in _planned_floats(layer)}
     for variable in model.weights:
         if variable._value is None and id(variable) not in planned:
@@ -227,17 +309,18 @@ def _done(on_layer, entries):
     return done
 
 
-def _check_complete(model, preset: str) -> None:
+def _check_complete(model, preset: str, skip=frozenset()) -> None:
     """Every planned layer was read; other variables the preset did not
-    fill keep their initialiser's values, as ``from_preset`` leaves them."""
+    fill keep their initialiser's values, as ``from_preset`` leaves them
+    (but for those in ``skip``, ids of matrices read later)."""
     missing = [layer.path for layer in model._flatten_layers() if "_hubquant_stream" in vars(layer)]
     if missing:
         raise PresetError(f"preset '{preset}' has no weights for '{missing[0]}'.")
-    initialize_deferred(model)
+    initialize_deferred(model, skip)
 
 
-def initialize_deferred(model) -> None:
-    """Give every still-deferred variable its initialiser's value."""
+def initialize_deferred(model, skip=frozenset()) -> None:
+    """Give every still-deferred variable (not in ``skip``) its initialiser's value."""
     for variable in model.weights:
-        if variable._value is None:
+        if variable._value is None and id(variable) not in skip:
             variable._deferred_initialize()

@@ -118,3 +118,69 @@ def test_hugging_face_folder(fresh, tmp_path):
     fresh("llama3").export_to_transformers(str(folder))
     model, _ = stream.stream_quantize(str(folder), "int4")
     _assert_same(model, _reference(folder, "int4"))
+
+
+# -- calibrated configs: matrices read from disk when their block runs --------
+def _calibrated_config(tmp_path):
+    from hubquant.config import parse_config
+
+    (tmp_path / "cal.txt").write_text(synthetic._CORPUS * 4)
+    text = (
+        "default: {mode: int4, group_size: 16, algorithm: gptq}\n"
+        "rules:\n  - match: {role: 'mlp.*'}\n    algorithm: awq\n"
+        "  - match: {role: attn.o}\n    algorithm: rtn\n"
+        f"calibration: {{files: ['{tmp_path}/cal.txt'], num_samples: 4, seq_len: 16}}\n"
+    )
+    return parse_config(text, "calibrated.yaml")
+
+
+def _blocks_in_float(model) -> set:
+    """Blocks holding a planned matrix in float (read and not yet quantized)."""
+    blocks = set()
+    for i, block in enumerate(api.backbone_of(model).transformer_layers):
+        for layer in block._flatten_layers():
+            specs = getattr(layer, "hubquant_specs", None)
+            if (
+                specs
+                and "hubquant_later" not in vars(layer)
+                and not getattr(layer, "_is_quantized", False)
+            ):
+                floats = layer._float_matrices()
+                if any(getattr(layer, floats[n].attr)._value is not None for n in specs):
+                    blocks.add(i)
+    return blocks
+
+
+@pytest.mark.parametrize("which", ["gemma", "bf16"])
+def test_calibrated_streamed_equals_in_memory(float_presets, bf16_preset, which, tmp_path):
+    preset = bf16_preset if which == "bf16" else float_presets[which]
+    config = _calibrated_config(tmp_path)
+    pending = stream.prepare(str(preset), config)
+    seen = []
+    read_now = stream.read_now
+
+    def spy(layer):
+        read_now(layer)
+        seen.append(_blocks_in_float(pending.model))
+
+    stream.read_now = spy
+    try:
+        model, plan = stream.read_calibrated(pending, config.calibration)
+    finally:
+        stream.read_now = read_now
+    assert seen and all(len(blocks) == 1 for blocks in seen)  # one block at a time
+    reference = load_source(str(preset))
+    assert api.quantize(reference, config).entries == plan.entries
+    _assert_same(model, reference)
+
+
+def test_cli_streams_a_calibrated_preset(float_presets, tmp_path, monkeypatch, capsys):
+    from hubquant import cli, source
+
+    config = _calibrated_config(tmp_path)
+    (tmp_path / "c.yaml").write_text(config.text)
+    monkeypatch.setattr(source, "load_source", lambda *a, **k: pytest.fail("loaded whole"))
+    args = ["apply", "--preset", str(float_presets["llama3"]), "--config", str(tmp_path / "c.yaml")]
+    assert cli.main([*args, "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    plan = api.load(tmp_path / "out").backbone.hubquant_plan
+    assert {"gptq", "awq"} <= {e.algorithm for e in plan.quantized}

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.linalg import solve_triangular
+from scipy.linalg import lapack
 
 from hubquant import quantizers
 from hubquant.quantizers import QuantizedMatrix
@@ -52,14 +52,17 @@ def gptq_quantize(
         group_size, symmetric = -1, True
     gs = k if group_size == -1 else group_size
     static = act_order or group_size == -1
-    h, w = _without_dead_columns(np.array(hessian, np.float64), w)
+    h, w = _without_dead_columns(np.asarray(hessian, np.float32), w)
     search = search and bits == 4
     col_scale, col_zero = _static_params(w, gs, symmetric, bits, search) if static else (None, None)
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     block = block_size if static else max(gs, -(-block_size // gs) * gs)
     kp = -(-k // block) * block
+    if act_order:
+        h = h[np.ix_(perm, perm)]
     hinv = np.eye(kp, dtype=np.float32)
-    hinv[:k, :k] = inverse_cholesky(h[np.ix_(perm, perm)], damping)
+    hinv[:k, :k] = inverse_cholesky(h, damping)
+    del h
     wp = np.zeros((n, kp), np.float32)
     wp[:, :k] = w[:, perm]
     cs, cz = np.ones((n, kp), np.float32), np.zeros((n, kp), np.float32)
@@ -96,32 +99,40 @@ def _without_dead_columns(h: np.ndarray, w: np.ndarray):
     """Inputs that were always zero: their weights cannot matter; set them to
     zero and give the Hessian a unit diagonal there, as the reference does."""
     dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    if dead.any():
+        h = h.copy()  # the caller's Hessian stays as it was
+        h[dead, dead] = 1.0
+        w[:, dead] = 0.0
     return h, w
 
 
 def inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + damping * mean(diag H) * I)^-1``
-    (``U^T U`` is that inverse), float32; float64 where float32 breaks down."""
-    u = np.asarray(_inverse_cholesky(jnp.asarray(h, jnp.float32), damping))
-    if np.all(np.isfinite(u)):
-        return u
-    h = np.asarray(h, np.float64)
-    h = h + damping * np.mean(np.diag(h)) * np.eye(len(h))
-    lower = np.linalg.cholesky(h[::-1, ::-1])
-    return np.linalg.inv(lower)[::-1, ::-1].astype(np.float32)
+    (``U^T U`` is that inverse), float32; float64 where float32 breaks down.
+
+    With R the order reversal, ``R H R = L L^T`` gives ``H^-1 = U^T U`` for
+    the upper triangular ``U = R L^-1 R``: one factorisation and one
+    triangular inverse (LAPACK ``potrf`` and ``trtri``, in place), so the
+    work holds one copy of ``H`` besides the caller's.
+    """
+    for dtype in (np.float32, np.float64):
+        u = _inverse_cholesky(h, damping, dtype)
+        if u is not None:
+            return u.astype(np.float32, copy=False)
+    raise np.linalg.LinAlgError("the damped Hessian is not positive definite")
 
 
-@jax.jit
-def _inverse_cholesky(h, damping):
-    # With R the order reversal, R H R = L L^T gives H^-1 = U^T U for the
-    # upper triangular U = R L^-1 R: one factorisation and one triangular
-    # inverse, no general inverse.
-    eye = jnp.eye(h.shape[0], dtype=h.dtype)
-    h = h + damping * jnp.mean(jnp.diag(h)) * eye
-    lower = jnp.linalg.cholesky(h[::-1, ::-1])
-    return solve_triangular(lower, eye, lower=True)[::-1, ::-1]
+def _inverse_cholesky(h: np.ndarray, damping: float, dtype) -> np.ndarray | None:
+    potrf, trtri = lapack.get_lapack_funcs(("potrf", "trtri"), dtype=np.dtype(dtype))
+    a = np.array(h[::-1, ::-1], dtype)  # C order: its transpose is the same matrix in F order
+    diagonal = np.einsum("ii->i", a)
+    diagonal += damping * float(np.mean(diagonal))
+    lower, info = potrf(a.T, lower=1, overwrite_a=1, clean=1)
+    if info == 0:
+        lower, info = trtri(lower, lower=1, overwrite_c=1)
+    if info != 0 or not np.all(np.isfinite(lower)):
+        return None
+    return lower[::-1, ::-1]
 
 
 def _group_params(w, symmetric: bool, bits: int, search: bool):

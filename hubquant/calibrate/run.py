@@ -29,12 +29,15 @@ def needs_calibration(plan: Plan) -> bool:
     return any(e.algorithm != "rtn" for e in plan.quantized)
 
 
-def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
+def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_block=None):
     """Quantize every planned layer of ``model`` (already swapped); return the
     Plan as applied (fallbacks to round-to-nearest recorded) and notes.
 
     ``calibration``: a ``Calibration`` (default: the config's section), or the
-    token ids themselves (int ``[samples, seq_len]``).
+    token ids themselves (int ``[samples, seq_len]``). ``before_block(attrs)``:
+    called with a block's calibrated layers before it runs (the streaming
+    path reads their float matrices then). Layers already quantized (while
+    streaming) are left as they are.
     """
     from hubquant.api import backbone_of
 
@@ -48,7 +51,7 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None):
         _quantize_rtn(backbone, attr, entries, on_layer)
     folded = {}
     if by_block:
-        more, folded = _run_blocks(backbone, plan, by_block, tokens, on_layer)
+        more, folded = _run_blocks(backbone, plan, by_block, tokens, on_layer, before_block)
         notes += more
     fallback = {(e.attr, e.matrix) for es in direct.values() for e in es if e.algorithm != "rtn"}
     return dataclasses.replace(plan, entries=_as_applied(plan, fallback, folded)), notes
@@ -66,7 +69,7 @@ def _as_applied(plan: Plan, fallback: set, folded: dict) -> tuple[PlanEntry, ...
     return tuple(entries)
 
 
-def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer) -> list[str]:
+def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer, before_block=None):
     """Block by block: statistics on the float block, quantize, pass outputs on."""
     block_list = _block_list(backbone, plan)
     inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
@@ -75,12 +78,19 @@ def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer) -> list[
     for index, block in enumerate(block_list[: last + 1]):
         planned = by_block.get(index, {})
         if planned:
+            if before_block is not None:
+                before_block(list(planned))
             step = _BlockStep(backbone, plan, index, planned, routers.get(index), on_layer)
             notes += step.run(block, inputs)
             folded.update(step.folded)
         if index < last:
             inputs.run(block, index)
     return notes, folded
+
+
+def calibrated_by_block(plan: Plan) -> dict[int, dict[str, list[PlanEntry]]]:
+    """The layers calibration quantizes block by block: attr -> entries, per block."""
+    return _split(plan)[0]
 
 
 def _calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:
@@ -124,7 +134,10 @@ def _block_list(backbone, plan: Plan) -> list:
 
 
 def _quantize_rtn(backbone, attr: str, entries: list[PlanEntry], on_layer) -> None:
-    layer_at(backbone, attr).quantize(entries[0].mode)
+    layer = layer_at(backbone, attr)
+    if getattr(layer, "_is_quantized", False):
+        return  # quantized while streaming
+    layer.quantize(entries[0].mode)
     if on_layer is not None:
         on_layer(entries)
 

@@ -209,11 +209,16 @@ class QuantizedLayerMixin:
             store[str(i)] = var
 
     # -- streaming ------------------------------------------------------------
-    def stream_from_float(self, mode: str, read, done=None, float_class: str = "") -> None:
+    def stream_from_float(self, mode, read, done=None, float_class: str = "") -> None:
         """Quantize while loading: the next ``load_own_variables`` gets the
         float layer's store, and each planned matrix goes straight from
         ``read(store, key, FloatMatrix)`` to its quantized variables; then
         ``done()`` is called.
+
+        ``mode`` None: keep what ``read`` returns for each planned matrix (a
+        way to read it later, ``stream.FloatLater``) in ``hubquant_later`` and
+        leave the layer float and its matrices unread (calibration reads them
+        when their block runs).
 
         Keras names a layer held in a list after its class, so until then the
         layer answers to its float class name ``float_class``.
@@ -238,11 +243,16 @@ class QuantizedLayerMixin:
             name = planned.get(id(var))
             if name is None:
                 var.assign(store[key])
+            elif mode is None:
+                values[name] = read(store, key, floats[name])
             else:
                 rows = read(store, key, floats[name])
                 values[name] = _quantize(rows, self.hubquant_specs[name])
         self.__class__ = cls
-        self.quantize(mode, values=values)
+        if mode is None:
+            self.hubquant_later = values
+        else:
+            self.quantize(mode, values=values)
         del self._hubquant_stream
         if done is not None:
             done()
