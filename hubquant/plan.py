@@ -40,10 +40,14 @@ class PlanEntry:
     # GPTQ/AWQ settings (defaults filled in); None for round-to-nearest.
     algorithm_options: dict | None = None
     # The norm layer (attribute path) whose output is this layer's input, from
-    # the recipe's ``input_norm``; and, once AWQ folded its scales there, the
-    # same path in ``folded_into`` (the layer then holds no input scale).
+    # the recipe's ``input_norm``; and, once AWQ folded its scales into that
+    # norm (or the ``input_from`` projection), its path in ``folded_into``
+    # (the layer then holds no input scale).
     input_norm: str | None = None
     folded_into: str | None = None
+    # From the recipe's ``input_from``: the projection (attribute path) whose
+    # output rows AWQ may scale instead of keeping an input scale here.
+    input_from: str | None = None
 
     @property
     def is_bank(self) -> bool:
@@ -168,8 +172,9 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
             if layer is None:
                 continue  # an optional role this block does not have
             layer_cls = replacement_for(layer, spec, recipe)
-            if spec.input_norm is not None:
-                _find(owner, spec.input_norm, spec, where, recipe)  # must exist
+            for path in (spec.input_norm, spec.input_from):
+                if path is not None:
+                    _find(owner, path, spec, where, recipe)  # must exist
             options, rule = config.resolve(spec.role, block, len(blocks), layer.path)
             if options.mode == "int8":  # int8 is always symmetric, one scale per channel
                 options = replace(options, group_size=-1, symmetric=True)
@@ -197,7 +202,8 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
                         rule=None if rule is None else rule.number,
                         hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
                         algorithm_options=_algorithm_options(options),
-                        input_norm=_input_norm(spec, where),
+                        input_norm=_block_attr(spec.input_norm, where),
+                        input_from=_block_attr(spec.input_from, where),
                     )
                 )
     entries.sort(key=lambda e: -1 if e.block is None else e.block)  # block by block
@@ -220,10 +226,10 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
     )
 
 
-def _input_norm(spec: RoleSpec, where: str) -> str | None:
-    if spec.input_norm is None:
+def _block_attr(path: str | None, where: str) -> str | None:
+    if path is None:
         return None
-    return f"{where}.{spec.input_norm}" if where else spec.input_norm
+    return f"{where}.{path}" if where else path
 
 
 def _algorithm_options(options) -> dict | None:

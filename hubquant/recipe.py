@@ -32,7 +32,17 @@ LAYER_NAMES = (
 SCOPES = ("block", "backbone")
 PARTS = ("forward", "reverse")
 TOP_KEYS = ("name", "description", "backbones", "blocks", "hf_model_type", "roles")
-ROLE_KEYS = ("path", "scope", "hf", "layer", "part", "matrices", "optional", "input_norm")
+ROLE_KEYS = (
+    "path",
+    "scope",
+    "hf",
+    "layer",
+    "part",
+    "matrices",
+    "optional",
+    "input_norm",
+    "input_from",
+)
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.([A-Za-z_]\w*|\d+))*")
 
@@ -55,6 +65,10 @@ class RoleSpec:
     # The block's norm layer whose output is exactly this projection's input:
     # AWQ folds its scales there (shared by every role naming the same norm).
     input_norm: str | None = None
+    # The block's projection whose output channels, multiplied elementwise by
+    # something else (a gated MLP's up projection before down), are this
+    # layer's input channels: AWQ folds its scales into that layer's rows.
+    input_from: str | None = None
 
     def to_dict(self) -> dict:
         spec = dataclasses.asdict(self)
@@ -258,17 +272,19 @@ def _role(role: object, raw: object, source: str) -> RoleSpec:
         part=_choice(raw, "part", PARTS, where) or "forward",
         matrices=_matrices(raw.get("matrices"), where),
         optional=_flag(raw.get("optional"), "optional", where),
-        input_norm=_input_norm(raw, scope, where),
+        input_norm=_block_path(raw, "input_norm", scope, where),
+        input_from=_block_path(raw, "input_from", scope, where),
     )
 
 
-def _input_norm(raw: dict, scope: str, where: str) -> str | None:
-    if raw.get("input_norm") is None:
+def _block_path(raw: dict, key: str, scope: str, where: str) -> str | None:
+    """A path from the block (``input_norm``, ``input_from``), block roles only."""
+    if raw.get(key) is None:
         return None
     if scope != "block":
-        expected = "expected no input_norm on a backbone-scope role"
-        raise RecipeError(message(where, "input_norm", expected, raw["input_norm"]))
-    return _dotted(raw, "input_norm", where)
+        expected = f"expected no {key} on a backbone-scope role"
+        raise RecipeError(message(where, key, expected, raw[key]))
+    return _dotted(raw, key, where)
 
 
 def _matrices(value: object, where: str) -> tuple[str, ...]:

@@ -91,6 +91,8 @@ def test_layer_output_error_below_rtn(quantized, tokens, algorithm):
     with recording(layers, rows):
         reference.backbone(tokens[1])
     for name in LAYERS:
+        if algorithm == "awq" and name == "_feedforward_output_dense":
+            continue  # its scale is folded into mlp.up's rows (input_from): see test_fold
         want = rows[name].x @ _matrix(layers[name])
         rtn, calibrated = (
             np.mean((rows[name].x @ _effective(quantized[a][0], reference, name) - want) ** 2)

@@ -1,4 +1,5 @@
-"""AWQ scales folded into the norm before q/k/v and gate/up (recipe ``input_norm``)."""
+"""AWQ scales folded into the norm before q/k/v and gate/up (recipe ``input_norm``)
+and into the up projection's rows before down (``input_from``)."""
 
 from __future__ import annotations
 
@@ -59,13 +60,13 @@ CONFIG = (
     "rules:\n  - match: {role: 'embed*'}\n    mode: none\n"
     "  - match: {role: lm_head}\n    mode: none\n"
     "  - match: {role: 'attn.[qkv]'}\n    algorithm: awq\n"
-    "  - match: {role: 'mlp.[gu]*'}\n    algorithm: awq\n"
+    "  - match: {role: 'mlp.*'}\n    algorithm: awq\n"
 )
 
 
 def test_folded_awq_beats_rtn_and_exports_to_hugging_face(fresh, tmp_path):
-    """AWQ on the layers after a norm, GPTQ elsewhere: nothing holds an input
-    scale, so the export that refuses in-layer AWQ scales accepts it."""
+    """AWQ on q/k/v and the MLP, GPTQ on attn.o: nothing holds an input scale,
+    so the export that refuses in-layer AWQ scales accepts it."""
     calibration = RNG.integers(4, 200, (8, 32)).astype("int32")
     held = RNG.integers(4, 200, (4, 32)).astype("int32")
     inputs = {"token_ids": held, "padding_mask": np.ones_like(held)}
@@ -84,7 +85,9 @@ def test_folded_awq_beats_rtn_and_exports_to_hugging_face(fresh, tmp_path):
         errors[name] = float(np.mean((got - want) ** 2) / np.mean(want**2))
     assert errors["awq"] < 0.8 * errors["rtn"]
     awq = [e for e in plan.quantized if e.algorithm == "awq"]
-    assert len(awq) == 5 * 2 and all(e.folded_into for e in awq)
+    assert len(awq) == 6 * 2 and all(e.folded_into for e in awq)
+    down = [e for e in awq if e.role == "mlp.down"]
+    assert all(e.folded_into.endswith("_feedforward_intermediate_dense") for e in down)
     assert not [w.path for w in lm.backbone.weights if "input_scale" in w.path]
     hubquant.save(lm, tmp_path / "q", formats=("preset", "hf"))
     back = hubquant.load(tmp_path / "q")

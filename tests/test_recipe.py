@@ -201,7 +201,7 @@ def test_recipe_errors(text, message):
         (
             "{path: q, pth: q}",
             "r.yaml: role 'attn.q': key 'pth': unknown key; expected one of path, "
-            "scope, hf, layer, part, matrices, optional, input_norm. Received: pth='q'",
+            "scope, hf, layer, part, matrices, optional, input_norm, input_from. Received: pth='q'",
         ),
         (
             "{hf: x}",
@@ -211,7 +211,7 @@ def test_recipe_errors(text, message):
         (
             "q",
             "r.yaml: role 'attn.q': expected a mapping with keys path, scope, hf, "
-            "layer, part, matrices, optional, input_norm. Received: attn.q='q'",
+            "layer, part, matrices, optional, input_norm, input_from. Received: attn.q='q'",
         ),
         (
             "{path: q, scope: model}",

@@ -106,3 +106,21 @@ def fold_groups(planned: dict, entries_by_norm: dict, stats: dict) -> dict[str, 
         if awq and all(a in planned for a in attrs):
             groups[norm] = attrs
     return groups
+
+
+def divide_rows(layer, s: np.ndarray) -> str:
+    """Divide a float projection's output channels (and bias) by ``s``; the
+    reason it cannot be done, or "" once done."""
+    if getattr(layer, "_is_quantized", False):
+        return f"{layer.path} is already quantized"
+    layout = layer.layout
+    if layout.n != len(s):
+        return f"{layer.path} has {layout.n} output channels, the layer reads {len(s)}"
+    bias = getattr(layer, "bias", None)
+    if bias is not None and tuple(bias.shape) != (len(s),):
+        return f"{layer.path} has a bias of shape {tuple(bias.shape)}"
+    w = layout.to_matrix(layer._kernel) / s[:, None]
+    layer._kernel.assign(layout.from_matrix(w))
+    if bias is not None:
+        bias.assign(np.asarray(ops.convert_to_numpy(bias), np.float32) / s)
+    return ""

@@ -173,7 +173,7 @@ class _BlockStep:
             experts.recording(list(self.banks.values())),
         ):
             inputs.feed(block, self.index)
-        notes = self._fold()
+        notes = self._fold_into_projections() + self._fold()
         for attr, entries in self.planned.items():
             if attr in self.banks:
                 notes += experts.quantize_bank(self.banks.pop(attr))
@@ -186,6 +186,48 @@ class _BlockStep:
             if self.on_layer is not None:
                 self.on_layer(entries)
         return notes
+
+    def _fold_into_projections(self) -> list[str]:
+        """AWQ layers whose input channels are another planned layer's output
+        channels (``input_from``): scale that layer's rows by ``1 / s`` while
+        it is still float, before anything else in the block is quantized."""
+        from hubquant.calibrate.awq import awq_group_scale
+
+        notes = []
+        for attr, entries in self.planned.items():
+            e, source = entries[0], entries[0].input_from
+            if e.algorithm != "awq" or source not in self.planned or attr not in self.stats:
+                continue
+            stat = self.stats[attr]
+            grid = (e.algorithm_options or {}).get("grid", 20)
+            w = _kernel_matrix(self.layers[attr])
+            s = awq_group_scale(
+                [(w, e.mode, e.group_size, e.symmetric)], stat.magnitude(), stat.gram(), grid
+            )
+            why = fold.divide_rows(self.layers[source], s)
+            if why:
+                notes.append(f"AWQ scale of {e.path} stays in the layer: {why}")
+                continue
+            self._quantize_with_scale(attr, w, e, stat, s)
+            self.folded[attr] = source
+        return notes
+
+    def _quantize_with_scale(self, attr: str, w, entry, stat, s) -> None:
+        from hubquant.calibrate.awq import awq_quantize
+
+        clip = (entry.algorithm_options or {}).get("clip", False)
+        matrix, _ = awq_quantize(
+            w,
+            stat.magnitude(),
+            stat.gram(),
+            entry.mode,
+            entry.group_size,
+            entry.symmetric,
+            clip=clip,
+            scale=s,
+        )
+        self.layers[attr].quantize(entry.mode, values={"kernel": matrix})
+        del self.stats[attr]
 
     def _fold(self) -> list[str]:
         """Quantize AWQ groups whose scale folds into their input norm."""
@@ -201,7 +243,7 @@ class _BlockStep:
         return notes
 
     def _quantize_folded(self, attrs: list[str], form: fold.NormForm) -> None:
-        from hubquant.calibrate.awq import awq_group_scale, awq_quantize
+        from hubquant.calibrate.awq import awq_group_scale
 
         entries = [self.planned[a][0] for a in attrs]
         stat = self.stats[attrs[0]]
@@ -212,12 +254,7 @@ class _BlockStep:
         s = awq_group_scale(layers, magnitude, gram, grid)
         form.divide_by(s)
         for attr, w, e in zip(attrs, ws, entries, strict=True):
-            clip = (e.algorithm_options or {}).get("clip", False)
-            matrix, _ = awq_quantize(
-                w, magnitude, gram, e.mode, e.group_size, e.symmetric, clip=clip, scale=s
-            )
-            self.layers[attr].quantize(e.mode, values={"kernel": matrix})
-            del self.stats[attr]
+            self._quantize_with_scale(attr, w, e, stat, s)
 
 
 def _kernel_matrix(layer) -> np.ndarray:
