@@ -75,18 +75,15 @@ def apply(
 
 
 def _source(preset: str, config, recipe, strict: bool):
-    """``(model, plan, pending)``: a preset is streamed (``model`` None until
-    read); calibrated algorithms stream only from KerasHub presets (other
-    sources, and the synthetic default, are loaded whole)."""
+    """``(model, plan, pending)``: a preset or Hugging Face folder is streamed
+    (``model`` None until read); the synthetic default is built whole."""
     from hubquant import api, stream
     from hubquant.source import load_source
     from hubquant.synthetic import DEFAULT_PRESET
 
     if preset != DEFAULT_PRESET:
         pending = stream.prepare(preset, config, recipe, strict=strict)
-        rtn = all(e.algorithm == "rtn" for e in pending.plan.quantized)
-        if rtn or stream.is_keras_preset(pending.loader):
-            return None, pending.plan, pending
+        return None, pending.plan, pending
     model = load_source(preset)
     return model, api.plan_for(model, config, recipe, strict=strict), None
 

@@ -73,7 +73,7 @@ def read_calibrated(pending: Pending, calibration=None, on_layer=None):
     """``(model, plan)``: read the weights, leaving the matrices of calibrated
     layers on disk until calibration reaches their block (``calibrate_plan``'s
     ``before_block``); every other planned layer is quantized as it arrives.
-    Only a KerasHub preset (``is_keras_preset``) can be read so."""
+    KerasHub presets and Hugging Face folders alike."""
     from hubquant.calibrate.run import calibrate_plan, calibrated_by_block
 
     model, plan = pending.model, pending.plan
@@ -81,7 +81,10 @@ def read_calibrated(pending: Pending, calibration=None, on_layer=None):
     later = {a for attrs in calibrated_by_block(plan).values() for a in attrs}
     float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
     surgery.swap_layers(backbone, plan)
-    _stream_keras(model, pending.loader, plan, on_layer, float_classes, later)
+    if is_keras_preset(pending.loader):
+        _stream_keras(model, pending.loader, plan, on_layer, float_classes, later)
+    else:
+        _stream_converted(model, pending.loader, plan, on_layer, later)
     _check_complete(model, pending.loader.preset, skip=_later_variables(backbone, later))
 
     def before_block(attrs) -> None:
@@ -257,17 +260,30 @@ def _dataset(store, key: str):
 
 
 # -- Hugging Face folders: KerasHub's converters, quantizing as layers fill ---
-def _stream_converted(model, loader, plan: Plan, on_layer) -> None:
+def _stream_converted(model, loader, plan: Plan, on_layer, later=frozenset()) -> None:
+    """KerasHub's converter, planned layers quantized as their matrices fill
+    (those in ``later`` only told which tensor to read)."""
     from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
 
     backbone = api.backbone_of(model)
-    waiting = {}  # id(float matrix variable) -> (layer, entries)
+    waiting, deferred = {}, {}  # id(float matrix variable) -> (layer, entries | name)
     for attr, entries in plan.layers().items():
         layer = surgery.layer_at(backbone, attr)
-        for fm in _planned_floats(layer):
-            waiting[id(getattr(layer, fm.attr))] = (layer, entries)
+        floats = layer._float_matrices()
+        for name in layer.hubquant_specs:
+            key = id(getattr(layer, floats[name].attr))
+            if attr in later:
+                deferred[key] = (layer, name)
+            else:
+                waiting[key] = (layer, entries)
 
     def port_weight(keras_variable, hf_weight_key, hook_fn=None):
+        if id(keras_variable) in deferred:
+            layer, name = deferred[id(keras_variable)]
+            shape = list(keras_variable.shape)
+            place = HfLater(loader.preset, hf_weight_key, hook_fn, shape)
+            layer.__dict__.setdefault("hubquant_later", {})[name] = place
+            return
         tensor = hf.get_tensor(hf_weight_key)
         if hook_fn:
             tensor = hook_fn(tensor, list(keras_variable.shape))
@@ -284,6 +300,26 @@ def _stream_converted(model, loader, plan: Plan, on_layer) -> None:
             if not _filled(layer):
                 raise PresetError(f"preset '{loader.preset}' has no weights for '{layer.path}'.")
             _quantize_now(layer, entries, on_layer)
+    for layer, name in deferred.values():
+        if name not in vars(layer).get("hubquant_later", {}):
+            raise PresetError(f"preset '{loader.preset}' has no weights for '{layer.path}'.")
+
+
+@dataclass(frozen=True)
+class HfLater:
+    """A tensor of a Hugging Face folder and the converter's hook, to read later."""
+
+    preset: str
+    key: str
+    hook: object
+    shape: list
+
+    def read(self) -> np.ndarray:
+        from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+        with SafetensorLoader(self.preset) as hf:
+            tensor = hf.get_tensor(self.key)
+        return self.hook(tensor, self.shape) if self.hook else tensor
 
 
 def _planned_floats(layer) -> list[FloatMatrix]:

@@ -184,3 +184,13 @@ def test_cli_streams_a_calibrated_preset(float_presets, tmp_path, monkeypatch, c
     assert cli.main([*args, "--output", str(tmp_path / "out"), "--quiet"]) == 0
     plan = api.load(tmp_path / "out").backbone.hubquant_plan
     assert {"gptq", "awq"} <= {e.algorithm for e in plan.quantized}
+
+
+def test_calibrated_hugging_face_folder_streams(fresh, tmp_path):
+    folder = tmp_path / "hf"
+    fresh("llama3").export_to_transformers(str(folder))
+    config = _calibrated_config(tmp_path)
+    model, plan = stream.read_calibrated(stream.prepare(str(folder), config), config.calibration)
+    reference = load_source(str(folder))
+    assert api.quantize(reference, config).entries == plan.entries
+    _assert_same(model, reference)
