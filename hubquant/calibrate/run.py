@@ -153,7 +153,7 @@ class _BlockStep:
         for e in plan.entries:
             if e.block == index and e.input_norm is not None:
                 self.readers.setdefault(e.input_norm, []).append(e)
-        self.folded: dict[str, str] = {}  # layer attr -> norm attr
+        self.folded: dict[str, str] = {}  # layer attr -> the norm or projection holding s
         self.layers = {attr: layer_at(backbone, attr) for attr in planned}
         calibrated = {a: e for a, e in planned.items() if e[0].algorithm != "rtn"}
         self.banks = {
@@ -178,7 +178,7 @@ class _BlockStep:
             if attr in self.banks:
                 notes += experts.quantize_bank(self.banks.pop(attr))
             elif attr in self.folded:
-                pass  # quantized with its group by _fold
+                pass  # quantized as its scale was folded
             elif attr in self.stats:
                 algorithms.quantize_layer(self.layers[attr], entries[0], self.stats.pop(attr))
             else:
