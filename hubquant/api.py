@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from keras_hub.models import Task
@@ -57,8 +56,7 @@ def apply_plan(model, plan: Plan, on_layer=None, calibration=None) -> Plan:
     backbone = backbone_of(model)
     surgery.swap_layers(backbone, plan)
     if needs_calibration(plan):
-        plan, notes = calibrate_plan(model, plan, calibration, on_layer=on_layer)
-        plan = replace(plan, notes=tuple(notes))
+        plan = calibrate_plan(model, plan, calibration, on_layer=on_layer)
     else:
         surgery.quantize_layers(backbone, plan, on_layer=on_layer)
     models.mark_quantized(model, plan)

@@ -55,6 +55,12 @@ class PlanEntry:
         return len(self.kernel_shape) == 3 and self.matrix != "kernel"
 
     @property
+    def holds_input_scale(self) -> bool:
+        """AWQ left its per-input-channel scale in the layer (not folded)."""
+        held = self.algorithm == "awq" and self.folded_into is None
+        return held and (self.matrix == "kernel" or self.is_bank)
+
+    @property
     def params(self) -> int:
         return self.shape[0] * self.shape[1]
 

@@ -13,7 +13,6 @@ the same quantizer over the same blocks of rows.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 
 import keras
@@ -91,8 +90,7 @@ def read_calibrated(pending: Pending, calibration=None, on_layer=None):
         for attr in attrs:
             read_now(surgery.layer_at(backbone, attr))
 
-    plan, notes = calibrate_plan(model, plan, calibration, on_layer, before_block)
-    plan = dataclasses.replace(plan, notes=tuple(notes))
+    plan = calibrate_plan(model, plan, calibration, on_layer, before_block)
     models.mark_quantized(model, plan)
     return model, plan
 
@@ -114,19 +112,15 @@ class FloatLater:
 
         with h5py.File(self.filename, "r") as f:
             dataset = f[self.name]
-            value = dataset[...]
-            bf16 = dataset.attrs.get("dtype") == "bfloat16"
-        return value.view(ml_dtypes.bfloat16) if bf16 else value
+            return _as_saved(dataset[...], dataset)
 
 
 def read_later(store, key: str, fm: FloatMatrix):
     """A ``FloatLater`` for the value under ``key`` (the value itself when the
     store is not an HDF5 file)."""
-    import h5py
-
-    group = getattr(store, "_h5_entry_group", None)
-    if isinstance(group, h5py.Group) and isinstance(group.get(key), h5py.Dataset):
-        return FloatLater(group.file.filename, group[key].name)
+    dataset = _dataset(store, key)
+    if dataset is not None:
+        return FloatLater(dataset.file.filename, dataset.name)
     return _Held(np.asarray(store[key]))
 
 
@@ -236,13 +230,13 @@ def _stream_keras(
 def read_matrix(store, key: str, fm: FloatMatrix):
     """The float ``[N, K]`` matrix under ``key``: whole, or rows on demand."""
     dataset = _dataset(store, key)
-    if dataset is None or fm.row_axis is None or dataset.nbytes <= WHOLE_BYTES:
+    small = dataset is None or dataset.ndim != 2 or dataset.nbytes <= WHOLE_BYTES
+    if small or fm.row_axis is None:
         return fm.to_matrix(store[key])
-    bf16 = dataset.attrs.get("dtype") == "bfloat16"
 
     def read(start: int, stop: int) -> np.ndarray:
         part = dataset[start:stop] if fm.row_axis == 0 else dataset[:, start:stop]
-        part = part.view(ml_dtypes.bfloat16) if bf16 else part
+        part = _as_saved(part, dataset)
         return part if fm.row_axis == 0 else part.T
 
     return RowReader((dataset.shape[fm.row_axis], dataset.shape[1 - fm.row_axis]), read)
@@ -255,8 +249,13 @@ def _dataset(store, key: str):
     group = getattr(store, "_h5_entry_group", None)
     if isinstance(group, h5py.Group) and key in group:
         value = group[key]
-        return value if isinstance(value, h5py.Dataset) and value.ndim == 2 else None
+        return value if isinstance(value, h5py.Dataset) else None
     return None
+
+
+def _as_saved(values: np.ndarray, dataset) -> np.ndarray:
+    """Values read from ``dataset`` in the dtype Keras saved (bf16 is stored as raw bits)."""
+    return values.view(ml_dtypes.bfloat16) if dataset.attrs.get("dtype") == "bfloat16" else values
 
 
 # -- Hugging Face folders: KerasHub's converters, quantizing as layers fill ---

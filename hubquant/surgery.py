@@ -70,7 +70,7 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
             e.group_size,
             e.symmetric,
             *e.shape,
-            input_scale=_has_input_scale(e),
+            input_scale=e.holds_input_scale,
             input_scale_rows=_input_scale_rows(e),
         )
         for e in entries
@@ -82,15 +82,9 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
         layer.hubquant_bank_shapes = {e.matrix: e.kernel_shape for e in entries}
 
 
-def _has_input_scale(entry: PlanEntry) -> bool:
-    """AWQ keeps its per-input-channel scale in the layer (docs/format.md)."""
-    held = entry.folded_into is None
-    return entry.algorithm == "awq" and held and (entry.matrix == "kernel" or entry.is_bank)
-
-
 def _input_scale_rows(entry: PlanEntry) -> int:
-    """An expert bank holds one input scale per expert."""
-    return entry.kernel_shape[0] if entry.is_bank and _has_input_scale(entry) else 1
+    """An expert bank holds one input scale per expert (docs/format.md)."""
+    return entry.kernel_shape[0] if entry.is_bank and entry.holds_input_scale else 1
 
 
 def _matrix_variable_attrs(layer, entries: list[PlanEntry]) -> list[str]:

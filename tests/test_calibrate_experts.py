@@ -125,8 +125,7 @@ def test_expert_with_too_few_tokens_falls_back_to_rtn_and_is_named():
 
 def test_tokens_go_to_their_top_k_experts():
     logits = RNG.normal(size=(50, 6)).astype("float32")
-    stats = experts.ExpertStats(6, 3, awq=False)
-    tokens = experts.expert_tokens(logits, 2, stats)
+    tokens = experts.expert_tokens(logits, 2)
     top = np.asarray(ops.top_k(logits, 2)[1])
     for e, rows in enumerate(tokens):
         np.testing.assert_array_equal(rows, np.flatnonzero((top == e).any(axis=1)))

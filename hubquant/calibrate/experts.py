@@ -181,7 +181,7 @@ def _bank_observer(layer, bank: Bank, logits: list):
                 f"{layer.path}: the router did not run on the bank's {len(x)} tokens just "
                 "before the bank; cannot route calibration tokens to experts."
             )
-        tokens = expert_tokens(logits[0], bank.top_k, bank.inputs or bank.hidden)
+        tokens = expert_tokens(logits[0], bank.top_k)
         if bank.inputs is not None:
             bank.inputs.add(tokens, x)
         if bank.hidden is not None:
@@ -192,9 +192,10 @@ def _bank_observer(layer, bank: Bank, logits: list):
     return call
 
 
-def expert_tokens(logits: np.ndarray, top_k: int, stats: ExpertStats) -> list[np.ndarray]:
-    """Token indices routed to each expert: the ``top_k`` largest logits."""
-    experts = len(stats.rows)
+def expert_tokens(logits: np.ndarray, top_k: int) -> list[np.ndarray]:
+    """Token indices routed to each expert (a column of ``logits``): the
+    ``top_k`` largest logits of each token."""
+    experts = logits.shape[1]
     chosen = np.argsort(-logits, axis=-1, kind="stable")[:, :top_k].ravel()
     token = np.repeat(np.arange(len(logits)), top_k)
     order = np.argsort(chosen, kind="stable")

@@ -31,12 +31,13 @@ class NormForm:
     alpha: float  # 0: y = n * w; 1: y = n * (1 + w)
     bias: object | None  # the additive weight variable, if any
 
-    def divide_by(self, s: np.ndarray) -> None:
+    def divide_by(self, s: np.ndarray) -> str:
         w = np.asarray(ops.convert_to_numpy(self.scale), np.float32)
         self.scale.assign((w + self.alpha) / s - self.alpha)
         if self.bias is not None:
             b = np.asarray(ops.convert_to_numpy(self.bias), np.float32)
             self.bias.assign(b / s)
+        return ""
 
 
 def norm_form(norm, path: str) -> NormForm | str:
@@ -93,18 +94,18 @@ def _alpha(norm, scale, bias, x, slope) -> float | None:
     return float(rounded) if rounded in (0, 1) and abs(alpha - rounded) < 2e-2 else None
 
 
-def fold_groups(planned: dict, entries_by_norm: dict, stats: dict) -> dict[str, list[str]]:
+def fold_groups(entries_by_norm: dict, stats: dict) -> dict[str, list[str]]:
     """Norm path -> attributes of the layers sharing its scale, for norms whose
-    every reader in this block is a planned AWQ projection."""
+    every reader in this block is an AWQ projection still to quantize (one
+    with statistics in ``stats``)."""
     groups = {}
     for norm, readers in entries_by_norm.items():
-        attrs = [e.attr for e in readers]
         awq = all(
             e.mode != "none" and e.algorithm == "awq" and e.matrix == "kernel" and e.attr in stats
             for e in readers
         )
-        if awq and all(a in planned for a in attrs):
-            groups[norm] = attrs
+        if awq:
+            groups[norm] = [e.attr for e in readers]
     return groups
 
 

@@ -9,6 +9,7 @@ returned says so (``algorithm: rtn``) with a note for each.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -31,7 +32,8 @@ def needs_calibration(plan: Plan) -> bool:
 
 def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_block=None):
     """Quantize every planned layer of ``model`` (already swapped); return the
-    Plan as applied (fallbacks to round-to-nearest recorded) and notes.
+    Plan as applied (fallbacks to round-to-nearest and AWQ folds recorded,
+    ``notes`` set).
 
     ``calibration``: a ``Calibration`` (default: the config's section), or the
     token ids themselves (int ``[samples, seq_len]``). ``before_block(attrs)``:
@@ -54,7 +56,8 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_bl
         more, folded = _run_blocks(backbone, plan, by_block, tokens, on_layer, before_block)
         notes += more
     fallback = {(e.attr, e.matrix) for es in direct.values() for e in es if e.algorithm != "rtn"}
-    return dataclasses.replace(plan, entries=_as_applied(plan, fallback, folded)), notes
+    entries = _as_applied(plan, fallback, folded)
+    return dataclasses.replace(plan, entries=entries, notes=tuple(notes))
 
 
 def _as_applied(plan: Plan, fallback: set, folded: dict) -> tuple[PlanEntry, ...]:
@@ -189,61 +192,36 @@ class _BlockStep:
 
     def _fold_into_projections(self) -> list[str]:
         """AWQ layers whose input channels are another planned layer's output
-        channels (``input_from``): scale that layer's rows by ``1 / s`` while
+        channels (``input_from``): that layer's rows are divided by ``s`` while
         it is still float, before anything else in the block is quantized."""
-        from hubquant.calibrate.awq import awq_group_scale
-
         notes = []
         for attr, entries in self.planned.items():
             e, source = entries[0], entries[0].input_from
             if e.algorithm != "awq" or source not in self.planned or attr not in self.stats:
                 continue
-            stat = self.stats[attr]
-            grid = (e.algorithm_options or {}).get("grid", 20)
-            w = _kernel_matrix(self.layers[attr])
-            s = awq_group_scale(
-                [(w, e.mode, e.group_size, e.symmetric)], stat.magnitude(), stat.gram(), grid
-            )
-            why = fold.divide_rows(self.layers[source], s)
+            divide = functools.partial(fold.divide_rows, self.layers[source])
+            why = self._fold_group([attr], source, divide)
             if why:
                 notes.append(f"AWQ scale of {e.path} stays in the layer: {why}")
-                continue
-            self._quantize_with_scale(attr, w, e, stat, s)
-            self.folded[attr] = source
         return notes
 
-    def _quantize_with_scale(self, attr: str, w, entry, stat, s) -> None:
-        from hubquant.calibrate.awq import awq_quantize
-
-        clip = (entry.algorithm_options or {}).get("clip", False)
-        matrix, _ = awq_quantize(
-            w,
-            stat.magnitude(),
-            stat.gram(),
-            entry.mode,
-            entry.group_size,
-            entry.symmetric,
-            clip=clip,
-            scale=s,
-        )
-        self.layers[attr].quantize(entry.mode, values={"kernel": matrix})
-        del self.stats[attr]
-
     def _fold(self) -> list[str]:
-        """Quantize AWQ groups whose scale folds into their input norm."""
+        """AWQ groups whose scale folds into the norm they read (``input_norm``)."""
         notes = []
-        for norm_attr, attrs in fold.fold_groups(self.planned, self.readers, self.stats).items():
+        for norm_attr, attrs in fold.fold_groups(self.readers, self.stats).items():
             norm = layer_at(self.backbone, norm_attr)
             form = fold.norm_form(norm, norm.path)
             if isinstance(form, str):
                 notes.append(f"AWQ scales stay in the layers reading {norm.path}: {form}")
                 continue
-            self._quantize_folded(attrs, form)
-            self.folded.update(dict.fromkeys(attrs, norm_attr))
+            self._fold_group(attrs, norm_attr, form.divide_by)
         return notes
 
-    def _quantize_folded(self, attrs: list[str], form: fold.NormForm) -> None:
-        from hubquant.calibrate.awq import awq_group_scale
+    def _fold_group(self, attrs: list[str], holder: str, divide) -> str:
+        """Search one scale ``s`` for ``attrs`` (layers reading one input), let
+        ``divide(s)`` move ``1 / s`` into ``holder`` (it returns why it could
+        not, or ""), then quantize each layer's ``W * s``."""
+        from hubquant.calibrate.awq import awq_group_scale, awq_quantize
 
         entries = [self.planned[a][0] for a in attrs]
         stat = self.stats[attrs[0]]
@@ -252,9 +230,18 @@ class _BlockStep:
         grid = (entries[0].algorithm_options or {}).get("grid", 20)
         layers = [(w, e.mode, e.group_size, e.symmetric) for w, e in zip(ws, entries, strict=True)]
         s = awq_group_scale(layers, magnitude, gram, grid)
-        form.divide_by(s)
+        why = divide(s)
+        if why:
+            return why
         for attr, w, e in zip(attrs, ws, entries, strict=True):
-            self._quantize_with_scale(attr, w, e, stat, s)
+            clip = (e.algorithm_options or {}).get("clip", False)
+            matrix, _ = awq_quantize(
+                w, magnitude, gram, e.mode, e.group_size, e.symmetric, clip=clip, scale=s
+            )
+            self.layers[attr].quantize(e.mode, values={"kernel": matrix})
+            del self.stats[attr]
+            self.folded[attr] = holder
+        return ""
 
 
 def _kernel_matrix(layer) -> np.ndarray:

@@ -285,9 +285,9 @@ class QuantizedLayerMixin:
         if rows is not None:
             parts = [ops.take(p, rows, axis=0) for p in parts]
         w = self._dequantized_f32(spec, parts)
-        if spec.input_scale and spec.input_scale_rows > 1:
-            rows = spec.input_scale_rows
-            w = ops.reshape(w, (rows, -1, spec.k)) * parts[-1][:, None, :]
+        if spec.input_scale and spec.input_scale_rows > 1:  # one row per expert
+            experts = spec.input_scale_rows
+            w = ops.reshape(w, (experts, -1, spec.k)) * parts[-1][:, None, :]
             w = ops.reshape(w, (spec.n, spec.k))
         elif spec.input_scale:
             w = w * parts[-1][None, :]
