@@ -60,7 +60,7 @@ def apply(
     if "hf" in format_list:
         from hubquant.io.hf_export import check_exportable
 
-        check_exportable(plan)  # before the minutes quantizing takes
+        check_exportable(plan, applied=False)  # before the minutes quantizing takes
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
     model, plan, seconds = _quantize_with_progress(model, plan, pending, quiet, config_obj)

@@ -95,3 +95,25 @@ def test_folded_awq_beats_rtn_and_exports_to_hugging_face(fresh, tmp_path):
     np.testing.assert_allclose(
         hf_logits(tmp_path / "q" / "hf", held), logits(lm, inputs), atol=1e-4, rtol=0
     )
+
+
+def test_cli_exports_folded_awq_to_hugging_face(float_presets, tmp_path):
+    """The check before quantizing lets AWQ layers that may fold through; the
+    one at export refuses what did not (here attn.o, with no norm to fold into)."""
+    from hubquant import cli
+
+    (tmp_path / "cal.txt").write_text(synthetic._CORPUS * 4)
+    calibration = f"calibration: {{files: ['{tmp_path}/cal.txt'], num_samples: 4, seq_len: 16}}\n"
+    (tmp_path / "c.yaml").write_text(CONFIG + calibration)
+    (tmp_path / "all.yaml").write_text(CONFIG.replace("gptq", "awq") + calibration)
+    preset = str(float_presets["llama3"])
+    args = ["apply", "--preset", preset, "--format", "preset,hf", "--quiet"]
+    assert (
+        cli.main([*args, "--config", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "a")])
+        == 0
+    )
+    assert (tmp_path / "a" / "hf" / "config.json").exists()
+    code = cli.main(
+        [*args, "--config", str(tmp_path / "all.yaml"), "--output", str(tmp_path / "b")]
+    )
+    assert code == 2 and not (tmp_path / "b").exists()

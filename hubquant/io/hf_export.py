@@ -143,14 +143,17 @@ def quantization_config(plan, linears: list[PlanEntry]) -> dict:
     }
 
 
-def check_exportable(plan, family: str | None = None) -> None:
-    """Refuse, before any work, a Plan that compressed-tensors cannot express."""
+def check_exportable(plan, family: str | None = None, applied: bool = True) -> None:
+    """Refuse a Plan that compressed-tensors cannot express. ``applied``
+    False: the Plan before quantizing, where an AWQ layer whose recipe role
+    names an ``input_norm`` or ``input_from`` may still fold its scale away
+    (checked again on the applied Plan at export)."""
     import importlib
 
     _mapping(importlib.import_module(_EXPORTERS), family or plan.backbone)
     for entry in plan.quantized:
         if _is_linear(entry):
-            _check_exportable(entry)
+            _check_exportable(entry, applied)
 
 
 def _is_linear(entry: PlanEntry) -> bool:
@@ -158,9 +161,10 @@ def _is_linear(entry: PlanEntry) -> bool:
     return entry.hf is not None and (entry.matrix in ("kernel", "reverse"))
 
 
-def _check_exportable(entry: PlanEntry) -> None:
+def _check_exportable(entry: PlanEntry, applied: bool) -> None:
     k = entry.shape[1]
-    if entry.algorithm == "awq" and entry.folded_into is None:
+    may_fold = not applied and (entry.input_norm or entry.input_from)
+    if entry.holds_input_scale and not may_fold:
         raise HubquantError(
             f"layer '{entry.path}' ({entry.role}): quantized with AWQ, it holds a per-input-"
             "channel scale (kernel_input_scale) that compressed-tensors has no place for; "
