@@ -32,6 +32,17 @@ class ArtefactError(HubquantError):
 
 
 def first_line(error: Exception) -> str:
-    """An exception's first line of text (its type name when it has none)."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    """An exception's first line of text (its type name when it has none).
+
+    A first line that only announces what follows (Keras' "A total of 1 objects
+    could not be loaded. Example error message for object <...>:") is joined with
+    the next non-empty line, which says what went wrong.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1:
+        head = head.split(" Example error message for object")[0].rstrip(":")
+        return f"{head} {lines[1]}"
+    return head

@@ -37,6 +37,7 @@ class HubquantBackboneMixin:
             config = super().get_config()
         finally:
             self._dtype_policy = saved
+        config.update(dropped_arguments(self, config))
         from hubquant import __version__
 
         config["hubquant"] = {"plan": self.hubquant_plan.to_dict(), "version": __version__}
@@ -60,6 +61,28 @@ class HubquantBackboneMixin:
         initialize_deferred(backbone)
         object.__setattr__(backbone, "hubquant_plan", plan)
         return backbone
+
+
+def constructor_arguments(cls: type) -> list[str]:
+    """The named parameters of ``cls.__init__`` (no ``self``, ``*args``, ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def dropped_arguments(backbone, config: dict) -> dict:
+    """Constructor arguments the backbone's own ``get_config`` leaves out, read back
+    from the attributes it keeps (KerasHub 0.32's ``LlamaBackbone`` drops
+    ``tie_word_embeddings``, so a tied Llama would reload untied)."""
+    base = getattr(type(backbone), "_hubquant_base", type(backbone))
+    return {
+        name: getattr(backbone, name)
+        for name in constructor_arguments(base)
+        if name not in config and hasattr(backbone, name)
+    }
 
 
 def _is_policy_map(dtype) -> bool:

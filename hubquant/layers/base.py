@@ -264,8 +264,10 @@ class QuantizedLayerMixin:
             return super().load_own_variables(store)
         variables = self.quantized_variables()
         if len(store.keys()) != len(variables):
+            names = ", ".join(v.name for v in variables)
             raise ValueError(
-                f"Layer '{self.path}' expects {len(variables)} variables, "
+                f"Layer '{self.path}' ({type(self).__name__}, {self.quantization_mode}) "
+                f"expects {len(variables)} variables ({names}), "
                 f"but the file holds {len(store.keys())}."
             )
         for i, var in enumerate(variables):
