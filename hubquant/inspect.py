@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from hubquant.errors import ArtefactError
+from hubquant.io.names import shard_names
 from hubquant.plan import Plan
 
 
@@ -120,8 +121,7 @@ def _missing(folder: Path, fmt: str) -> list[str]:
 def _missing_shards(folder: Path) -> list[str]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        return sorted(s for s in shards if not (folder / s).is_file())
+        return [s for s in shard_names(index) if not (folder / s).is_file()]
     return [] if (folder / "model.safetensors").is_file() else ["model.safetensors"]
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from hubquant.errors import PresetError
+from hubquant.io.names import shard_names
 from hubquant.synthetic import DEFAULT_PRESET
 
 
@@ -93,6 +94,9 @@ def _check_local(preset: str) -> None:
             f"preset '{preset}' is not a KerasHub or Hugging Face preset folder: "
             "it has no config.json."
         )
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shard_names(index)  # every shard a plain file name inside the folder
 
 
 def _first_line(preset: str, error: Exception) -> str:

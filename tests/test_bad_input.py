@@ -109,6 +109,31 @@ def _halve_scale(tensors: dict) -> None:
     tensors[_SCALE] = tensors[_SCALE][: tensors[_SCALE].shape[0] // 2]
 
 
+def _hostile_asset(name: str):
+    """Add a uint8 tensor ``__preset__/NAME`` to ``{art}/model.safetensors``
+    (``{tmp}`` in NAME is the row's folder); temporary folders go under
+    ``{tmp}/sys_tmp``, so a relative escape would land inside the row's folder."""
+
+    def prepare(tmp: Path, monkeypatch):
+        import tempfile
+
+        (tmp / "sys_tmp").mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp / "sys_tmp"))
+        target = "__preset__/" + name.format(tmp=tmp)
+        _retensor(lambda t: t.update({target: np.frombuffer(b"owned", np.uint8)}))(tmp, None)
+
+    return prepare
+
+
+def _hostile_index(text: str):
+    """``{art}``'s safetensors gets an index file holding ``text``."""
+
+    def prepare(tmp: Path, _):
+        (tmp / "art" / "model.safetensors.index.json").write_text(text)
+
+    return prepare
+
+
 def _foreign_safetensors(tmp: Path, _):
     save_file({"w": np.zeros((2, 2), np.float32)}, str(tmp / "in" / "other.safetensors"))
 
@@ -386,6 +411,48 @@ ROWS = {
         "'{art}/model.safetensors' holds Python code (e.g. a Lambda layer), which hubquant "
         "does not run: it loads with Keras' safe_mode on. It was not written by hubquant.",
         prepare=_restamp(model_config=_lambda_config),
+    ),
+    "safetensors_asset_absolute_path": Row(
+        "export {art}/model.safetensors --output {out}",
+        "'{art}/model.safetensors': tensor '__preset__/{tmp}/escaped' does not name a preset "
+        "asset (expected assets/NAME/... of letters, digits and ._-); refusing to write it.",
+        prepare=_hostile_asset("{tmp}/escaped"),
+    ),
+    "safetensors_asset_dot_dot": Row(
+        "export {art}/model.safetensors --output {out}",
+        "'{art}/model.safetensors': tensor '__preset__/assets/../../escaped' does not name a "
+        "preset asset (expected assets/NAME/... of letters, digits and ._-); refusing to "
+        "write it.",
+        prepare=_hostile_asset("assets/../../escaped"),
+    ),
+    "safetensors_asset_outside_assets": Row(
+        "export {art}/model.safetensors --output {out}",
+        "'{art}/model.safetensors': tensor '__preset__/config.json' does not name a preset "
+        "asset (expected assets/NAME/... of letters, digits and ._-); refusing to write it.",
+        prepare=_hostile_asset("config.json"),
+    ),
+    "safetensors_index_shard_outside_folder": Row(
+        "export {art} --output {out}",
+        "'{art}/model.safetensors.index.json': tensor 'b' names shard '../../etc/hostname'; "
+        "a shard must be a plain '*.safetensors' file name in the same folder.",
+        prepare=_hostile_index(
+            json.dumps({"weight_map": {"a": "model.safetensors", "b": "../../etc/hostname"}})
+        ),
+    ),
+    "hf_folder_index_shard_outside_folder": Row(
+        "apply --preset {in} --config int8 --output {out}",
+        "'{in}/model.safetensors.index.json': tensor 'x' names shard '/etc/hostname'; "
+        "a shard must be a plain '*.safetensors' file name in the same folder.",
+        {
+            "config.json": json.dumps({"model_type": "llama"}),
+            "model.safetensors.index.json": json.dumps({"weight_map": {"x": "/etc/hostname"}}),
+        },
+    ),
+    "safetensors_index_truncated": Row(
+        "export {art} --output {out}",
+        "'{art}/model.safetensors.index.json' is truncated or corrupt: Expecting ':' "
+        "delimiter: line 1 column 20 (char 19)",
+        prepare=_hostile_index('{"weight_map": {"a"'),
     ),
     "not_an_artefact": Row(
         "inspect {in}",

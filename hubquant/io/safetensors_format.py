@@ -21,6 +21,7 @@ import numpy as np
 from keras_hub.models import Task
 
 from hubquant.errors import ArtefactError
+from hubquant.io.names import asset_path, shard_names
 from hubquant.io.st_writer import spec_of, write_safetensors
 from hubquant.plan import FORMAT_VERSION
 
@@ -148,8 +149,7 @@ def _specs(shard: dict) -> dict:
 def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
     if path.is_dir():
         if (path / INDEX_FILE).is_file():
-            index = json.loads((path / INDEX_FILE).read_text())
-            files = [path / f for f in sorted(set(index["weight_map"].values()))]
+            files = [path / f for f in shard_names(path / INDEX_FILE)]
         else:
             files = [path / SINGLE_FILE]
     else:
@@ -189,15 +189,22 @@ def _check_metadata(file: Path, metadata: dict) -> None:
         )
 
 
+def _write_asset(target: Path, value: np.ndarray, file: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as f:  # never through a link, never over another asset
+            f.write(value.tobytes())
+    except OSError as e:
+        raise ArtefactError(f"'{file}': asset '{target.name}' cannot be unpacked: {e}") from None
+
+
 def _read_shard(file: Path, variables: dict, assets: Path) -> set[str]:
     assigned = set()
     with _open(file) as f:
         for name in f.keys():
             value = f.get_tensor(name)
             if name.startswith(PRESET_PREFIX):
-                target = assets / name[len(PRESET_PREFIX) :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(value.tobytes())
+                _write_asset(asset_path(assets, name[len(PRESET_PREFIX) :], file), value, file)
                 continue
             var = variables.get(name)
             if var is None or tuple(var.shape) != value.shape:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hubquant.errors import ArtefactError
+from hubquant.io.names import shard_names
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -82,11 +83,7 @@ class TensorFiles:
 
 def _files(folder: Path) -> list[Path]:
     if (folder / INDEX_FILE).is_file():
-        try:
-            weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ArtefactError(f"'{folder / INDEX_FILE}' cannot be read: {e}") from None
-        return [folder / name for name in sorted(set(weight_map.values()))]
+        return [folder / name for name in shard_names(folder / INDEX_FILE)]
     if (folder / SINGLE_FILE).is_file():
         return [folder / SINGLE_FILE]
     raise ArtefactError(f"'{folder}' has no {SINGLE_FILE} and no {INDEX_FILE}.")
