@@ -29,7 +29,7 @@ MODES = ("none", "int8", "int4")
 ALGORITHMS = ("rtn", "gptq", "awq")
 OPTION_KEYS = ("mode", "group_size", "symmetric", "algorithm", "gptq", "awq")
 MATCH_KEYS = ("role", "blocks", "path")
-RULE_KEYS = ("match", *OPTION_KEYS)
+RULE_KEYS = ("match", *OPTION_KEYS, "optional")
 TOP_KEYS = ("default", "rules", "calibration")
 _ROLES = ", ".join(KNOWN_ROLES)
 _SLICE = re.compile(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?")
@@ -82,6 +82,7 @@ class Rule:
     number: int
     match: Match
     settings: tuple[tuple[str, object], ...]
+    optional: bool = False  # may match nothing (a rule for some families only)
 
     def describe(self) -> str:
         return f"rule {self.number} ({self.match.describe()})"
@@ -121,8 +122,9 @@ class Config:
                     )
 
     def unmatched(self, seen: set[int]) -> list[Rule]:
-        """Rules whose number is not in ``seen`` (numbers of rules that matched)."""
-        return [rule for rule in self.rules if rule.number not in seen]
+        """Rules, not marked optional, whose number is not in ``seen`` (numbers of
+        rules that matched)."""
+        return [r for r in self.rules if r.number not in seen and not r.optional]
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -171,7 +173,10 @@ def _rule(raw: object, number: int, source: str) -> Rule:
     match = _checked(match, _MATCH_CHECKS, where, "match.")
     blocks = tuple(match["blocks"]) if "blocks" in match else None
     rule_match = Match(match.get("role"), blocks, match.get("path"))
-    return Rule(number, rule_match, tuple(settings.items()))
+    optional = raw.get("optional", False)
+    if not isinstance(optional, bool):
+        raise ConfigError(message(where, "optional", "expected true or false", optional))
+    return Rule(number, rule_match, tuple(settings.items()), optional)
 
 
 def _checked(raw: dict, checks: dict, where: str, prefix: str = "") -> dict:

@@ -214,7 +214,7 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
                 )
     entries.sort(key=lambda e: -1 if e.block is None else e.block)  # block by block
     entries = _merge_shared(entries, config)
-    unmatched = tuple(r.describe() for r in config.rules if r.number not in used_rules)
+    unmatched = tuple(r.describe() for r in config.unmatched(used_rules))
     if strict and unmatched:
         raise ConfigError(
             f"{config.source}: {unmatched[0]} matched no layer of this model "

@@ -14,7 +14,7 @@ from hubquant.config import (
 from hubquant.errors import ConfigError
 
 ROLES = ", ".join(KNOWN_ROLES)
-RULE_KEYS = "match, mode, group_size, symmetric, algorithm, gptq, awq"
+RULE_KEYS = "match, mode, group_size, symmetric, algorithm, gptq, awq, optional"
 GROUP_SIZE = "expected a positive integer, or -1 for one group per channel"
 BLOCKS = (
     "expected a non-empty list of block indices (negative counts from the end) "
@@ -152,6 +152,15 @@ def test_describe_and_unmatched_rules():
     assert [rule.number for rule in config.unmatched({1, 3})] == [2]
 
 
+def test_optional_rules_are_never_reported_unmatched():
+    config = parse(
+        "rules:\n"
+        "  - {match: {role: moe.router}, mode: none, optional: true}\n"
+        "  - {match: {role: lm_head}, mode: int8}\n"
+    )
+    assert [rule.number for rule in config.unmatched(set())] == [2]
+
+
 # Errors: exact text, one line
 
 
@@ -244,6 +253,10 @@ def test_describe_and_unmatched_rules():
         (
             "rules:\n  - match: {blocks: ['::0']}\n",
             f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. Received: match.blocks=['::0']",
+        ),
+        (
+            "rules:\n  - {match: {role: lm_head}, optional: 'yes'}\n",
+            "c.yaml: rule 1: key 'optional': expected true or false. Received: optional='yes'",
         ),
         (
             "rules:\n  - match: {blocks: []}\n",

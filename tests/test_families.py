@@ -172,3 +172,16 @@ def test_save_and_load_round_trip_bitwise(family, fresh, tmp_path):
     assert type(from_folder).__name__ == type(backbone).__name__
     assert_bitwise(outputs(from_folder, inputs), quantized)
     assert_bitwise(outputs(from_keras, inputs), quantized)
+
+
+@pytest.mark.parametrize("config", ["int8", "int4", "mixed"])
+def test_shipped_configs_are_quiet_on_every_family(config, fresh):
+    """A shipped config warns about no rule on any model a recipe serves (its
+    family-specific rules say ``optional: true``), even under --strict."""
+    from hubquant import synthetic
+
+    backbones = [fresh(name) for name in FAMILIES]
+    backbones += [synthetic.gemma_causal_lm().backbone, synthetic.llama3_causal_lm().backbone]
+    for backbone in backbones:
+        plan = hubquant.plan_for(backbone, config, strict=True)
+        assert plan.unmatched_rules == (), type(backbone).__name__
