@@ -179,3 +179,66 @@ def test_what_hubquant_cannot_hold_is_refused_by_module(ct_folders, tmp_path, ed
     folder = _edited(ct_folders[True][0], tmp_path, edit)
     with pytest.raises(ArtefactError, match=message):
         hubquant.load(folder)
+
+
+def _rewrite_header(file, edit) -> None:
+    """Rewrite a safetensors file with ``edit(size, header, data) -> bytes``."""
+    raw = file.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    file.write_bytes(edit(size, json.loads(raw[8 : 8 + size]), raw[8 + size :]))
+
+
+def _pack(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _first(header: dict) -> str:
+    return sorted(k for k in header if k != "__metadata__")[0]
+
+
+def _set(key, value):
+    def edit(_, header, data):
+        header[_first(header)][key] = value
+        return _pack(header, data)
+
+    return edit
+
+
+def _overlap(_, header, data):
+    names = sorted((v["data_offsets"][0], k) for k, v in header.items() if k != "__metadata__")
+    a, b = header[names[0][1]], header[names[1][1]]
+    b["data_offsets"] = a["data_offsets"]
+    b["dtype"], b["shape"] = a["dtype"], a["shape"]
+    return _pack(header, data)
+
+
+F = "'{file}'"
+HEADER_CASES = {
+    "length 2^63": (lambda s, h, d: (1 << 63).to_bytes(8, "little") + d, f"{F} is not a readable"),
+    "length 2^64-1": (lambda s, h, d: b"\xff" * 8 + d, f"{F} is not a readable"),
+    "length 2^40": (lambda s, h, d: (1 << 40).to_bytes(8, "little") + d, "claims 1099511627776"),
+    "a list header": (lambda s, h, d: _pack([1, 2], d), "header is not an object"),
+    "offsets past the end": (_set("data_offsets", [0, 1 << 40]), "needs"),
+    "negative offsets": (_set("data_offsets", [-8, 0]), "invalid data_offsets"),
+    "missing data_offsets": (_set("data_offsets", None), "invalid data_offsets"),
+    "dtype not matching the bytes": (_set("dtype", "F64"), "needs"),
+    "shape not matching the bytes": (_set("shape", [3, 3, 3]), "needs"),
+    "overlapping offsets": (_overlap, "overlaps another tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADER_CASES))
+def test_broken_safetensors_headers_are_refused_in_one_line(case, ct_folders, tmp_path, capsys):
+    from hubquant import cli
+
+    folder = tmp_path / "hf"
+    shutil.copytree(ct_folders[True][0], folder)
+    file = folder / "model.safetensors"
+    edit, expected = HEADER_CASES[case]
+    _rewrite_header(file, edit)
+    code = cli.main(["export", str(folder), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"hubquant: error: '{file}'") and expected.format(file=file) in err
+    assert not (tmp_path / "out").exists()

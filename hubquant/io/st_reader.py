@@ -89,19 +89,71 @@ def _files(folder: Path) -> list[Path]:
     raise ArtefactError(f"'{folder}' has no {SINGLE_FILE} and no {INDEX_FILE}.")
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own bound
+
+
 def _header(file: Path) -> tuple[dict, int]:
+    """The tensor entries of ``file``'s header, checked as the safetensors library
+    checks them: a bounded JSON object, every tensor's bytes inside the file, of
+    the size its dtype and shape say, the tensors tiling the data without overlap."""
     try:
         with open(file, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
+            total = file.stat().st_size
+            if size > min(MAX_HEADER_BYTES, total - 8):
+                raise ArtefactError(
+                    f"'{file}' is not a readable safetensors file: its header claims "
+                    f"{size} bytes; the file holds {total}."
+                )
             header = json.loads(f.read(size))
     except (OSError, ValueError, struct.error) as e:
         raise ArtefactError(f"'{file}' is not a readable safetensors file: {e}") from None
+    if not isinstance(header, dict):
+        raise ArtefactError(
+            f"'{file}' is not a readable safetensors file: header is not an object."
+        )
     header.pop("__metadata__", None)
+    _check_layout(file, header, total - 8 - size)
     return header, 8 + size
 
 
-def _dtype(code: str, file: Path, name: str) -> np.dtype:
-    if code not in _DTYPES:
+def _check_layout(file: Path, header: dict, data_bytes: int) -> None:
+    spans = []
+    for name, info in header.items():
+        if not (isinstance(info, dict) and _is_int_list(info.get("shape"))):
+            raise ArtefactError(f"'{file}': tensor '{name}' has no valid shape.")
+        offsets = info.get("data_offsets")
+        if not (_is_int_list(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
+            raise ArtefactError(
+                f"'{file}': tensor '{name}' has invalid data_offsets. Received: {offsets!r}"
+            )
+        itemsize = _dtype(info.get("dtype"), file, name).itemsize
+        expected = int(np.prod(info["shape"], dtype=object)) * itemsize
+        if offsets[1] - offsets[0] != expected:
+            raise ArtefactError(
+                f"'{file}': tensor '{name}' ({info['dtype']}, shape {info['shape']}) needs "
+                f"{expected} bytes; its data_offsets span {offsets[1] - offsets[0]}."
+            )
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            what = "overlaps another tensor" if begin < end else "leaves a gap before it"
+            raise ArtefactError(f"'{file}': tensor '{name}' {what} (data_offsets {begin}).")
+        end = stop
+    if end != data_bytes:
+        raise ArtefactError(
+            f"'{file}' is truncated or corrupt: its tensors cover {end} bytes; the file "
+            f"holds {data_bytes} after the header."
+        )
+
+
+def _is_int_list(value) -> bool:
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+
+
+def _dtype(code, file: Path, name: str) -> np.dtype:
+    if not isinstance(code, str) or code not in _DTYPES:
         raise ArtefactError(
             f"'{file}': tensor '{name}' has dtype {code}; hubquant reads {', '.join(_DTYPES)}."
         )
