@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from hubquant import patterns
 from hubquant.errors import ConfigError
 from hubquant.resources import shipped_files
 
@@ -64,7 +65,7 @@ class Match:
         return (
             (self.role is None or fnmatch.fnmatchcase(role, self.role))
             and (self.blocks is None or _in_blocks(block, num_blocks, self.blocks))
-            and (self.path is None or re.fullmatch(self.path, path) is not None)
+            and (self.path is None or patterns.fullmatch(self.path, path))
         )
 
     def describe(self) -> str:
@@ -209,11 +210,9 @@ def _is_block_item(item: object) -> bool:
 
 
 def _regex_problem(path: object) -> str | None:
-    try:
-        re.compile(path)
-        return None
-    except (re.error, TypeError) as exc:
-        return f"expected a regular expression over the layer path ({exc})"
+    if (why := patterns.problem(path)) is not None:
+        return f"expected a regular expression over the layer path ({why})"
+    return None
 
 
 _OPTION_CHECKS = {
@@ -274,9 +273,19 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_YAML_VALUES = 100_000  # values after aliases are expanded (a config holds hundreds)
+MAX_YAML_DEPTH = 64  # nested lists and mappings
+
+
 def read_yaml(text: str, source: str, error: type[Exception]) -> object:
-    """Parse YAML safely; syntax errors become ``error`` with line and column."""
+    """Parse YAML safely; syntax errors become ``error`` with line and column.
+
+    Before anything is built, the event stream (read without recursion) is
+    checked for depth and for the number of values the aliases expand to, so a
+    small file can neither exhaust memory ("billion laughs") nor the stack.
+    """
     try:
+        _check_bounds(text, source, error)
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -287,6 +296,39 @@ def read_yaml(text: str, source: str, error: type[Exception]) -> object:
             f"{source}: line {mark.line + 1}, column {mark.column + 1}: invalid YAML: "
             f"{exc.problem or exc.context}. Received: text={show(line)}"
         ) from None
+
+
+def _check_bounds(text: str, source: str, error: type[Exception]) -> None:
+    sizes: dict[str, int] = {}  # anchor -> values its node expands to
+    open_nodes: list[list] = []  # [anchor, values so far] of each open list or mapping
+    total = 0
+    for event in yaml.parse(text, Loader=_StrictLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append([event.anchor, 1])
+            if len(open_nodes) > MAX_YAML_DEPTH:
+                raise error(
+                    f"{source}: line {event.start_mark.line + 1}: YAML nested deeper than "
+                    f"{MAX_YAML_DEPTH} levels; hubquant refuses it."
+                )
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = open_nodes.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, size = None, sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        if open_nodes:
+            open_nodes[-1][1] += size
+        total = max(total, size)
+        if total > MAX_YAML_VALUES or (open_nodes and open_nodes[-1][1] > MAX_YAML_VALUES):
+            raise error(
+                f"{source}: line {event.start_mark.line + 1}: YAML expands to more than "
+                f"{MAX_YAML_VALUES:,} values through aliases; hubquant refuses it."
+            )
 
 
 def read_text(path: Path, error: type[Exception]) -> str:

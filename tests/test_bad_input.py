@@ -185,6 +185,16 @@ def _recipe_that_does_not_fit() -> dict[str, str]:
     return {"r.yaml": text.replace("attention.key_dense", "attention.kee")}
 
 
+# "Billion laughs": nine levels of nine aliases, 9^9 values from 600 bytes.
+_BOMB = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(
+        f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n"
+        for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "default: *i\n"
+)
+
 ROWS = {
     # Configs
     "yaml_syntax": Row(
@@ -267,6 +277,29 @@ ROWS = {
         "{in}/c.yaml: rule 1 (role=attn.qkv) matched no layer of this model "
         "(recipe 'gemma'); --strict makes that an error.",
         _config("rules:\n  - match: {role: attn.qkv}\n    mode: int8\n"),
+    ),
+    "yaml_alias_bomb": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: line 6: YAML expands to more than 100,000 values through aliases; "
+        "hubquant refuses it.",
+        _config(_BOMB),
+    ),
+    "yaml_nested_too_deep": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: line 1: YAML nested deeper than 64 levels; hubquant refuses it.",
+        _config("default: " + "[" * 5000 + "]" * 5000 + "\n"),
+    ),
+    "backtracking_regex_runs_in_linear_time": Row(
+        f"{APPLY} {{in}}/c.yaml --strict",
+        "{in}/c.yaml: rule 1 (path=(.|.)*Z) matched no layer of this model "
+        "(recipe 'gemma'); --strict makes that an error.",
+        _config("rules:\n  - match: {path: '(.|.)*Z'}\n    mode: int8\n"),
+    ),
+    "regex_with_lookahead": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: rule 1: key 'match.path': expected a regular expression over the layer "
+        "path (RE2 syntax: invalid perl operator: (?=). Received: match.path='(?=a).*'",
+        _config("rules:\n  - match: {path: '(?=a).*'}\n    mode: int8\n"),
     ),
     "config_not_found": Row(
         f"{APPLY} int5",

@@ -243,7 +243,7 @@ def test_optional_rules_are_never_reported_unmatched():
         (
             "rules:\n  - match: {path: '('}\n",
             "c.yaml: rule 1: key 'match.path': expected a regular expression over "
-            "the layer path (missing ), unterminated subpattern at position 0). "
+            "the layer path (RE2 syntax: missing ): (). "
             "Received: match.path='('",
         ),
         (

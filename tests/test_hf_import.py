@@ -242,3 +242,45 @@ def test_broken_safetensors_headers_are_refused_in_one_line(case, ct_folders, tm
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"hubquant: error: '{file}'") and expected.format(file=file) in err
     assert not (tmp_path / "out").exists()
+
+
+def _backtracking_targets(qc):
+    for group in qc["config_groups"].values():
+        group["targets"] = ["re:(.|.)*Z", *group["targets"]]
+
+
+def test_backtracking_target_regex_matches_in_linear_time(ct_folders, tmp_path, inputs):
+    """``re:(.|.)*Z`` takes 2^30 steps on a module name with Python's re; RE2 is linear."""
+    folder, theirs = ct_folders[True]
+    lm = hubquant.load(_edited(folder, tmp_path, _backtracking_targets))
+    assert_agrees(theirs, logits(lm, inputs))
+
+
+def _groups_as_list(qc):
+    qc["config_groups"] = list(qc["config_groups"].values())
+
+
+def _group_size(size):
+    def edit(qc):
+        qc["config_groups"]["group_0"]["weights"]["group_size"] = size
+
+    return edit
+
+
+def _bad_regex(qc):
+    qc["ignore"] = ["re:(?<=x)lm_head"]
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (_groups_as_list, "config_groups must map group names to groups. Received: list"),
+        (_group_size(0), "group_0.weights.group_size must be a positive integer. Received: 0"),
+        (_group_size(-4), "group_size must be a positive integer. Received: -4"),
+        (_bad_regex, "quantization_config.ignore: 're:\\(\\?<=x\\)lm_head' is not a usable"),
+    ],
+    ids=["groups-list", "group-size-0", "group-size-negative", "lookbehind"],
+)
+def test_malformed_quantization_config_is_refused(ct_folders, tmp_path, edit, message):
+    with pytest.raises(ArtefactError, match=message):
+        hubquant.load(_edited(ct_folders[True][0], tmp_path, edit))

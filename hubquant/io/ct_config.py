@@ -13,9 +13,9 @@ quantization, no activation-ordered groups (``g_idx``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from hubquant import patterns
 from hubquant.errors import ArtefactError
 
 METHOD = "compressed-tensors"
@@ -55,6 +55,7 @@ class QuantizationConfig:
 def parse(qc: dict, source: str) -> QuantizationConfig:
     """Validate the config-wide fields; each group becomes a Scheme."""
     _refuse_features(qc, source)
+    _check_shapes(qc, source)
     top_format = qc.get("format")
     targets: dict = {}
     for name, group in (qc.get("config_groups") or {}).items():
@@ -63,6 +64,37 @@ def parse(qc: dict, source: str) -> QuantizationConfig:
             targets.pop(target, None)
             targets[target] = scheme
     return QuantizationConfig(targets, tuple(qc.get("ignore") or ()), source)
+
+
+def _check_shapes(qc: dict, source: str) -> None:
+    """Groups a mapping of mappings, targets and ignore lists of names or valid
+    ``re:`` patterns, group sizes positive: one line naming the key otherwise."""
+    groups = qc.get("config_groups") or {}
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        raise ArtefactError(
+            f"{source}: quantization_config.config_groups must map group names to "
+            f"groups. Received: {type(groups).__name__}"
+        )
+    lists = {f"config_groups.{n}.targets": g.get("targets") for n, g in groups.items()}
+    lists["ignore"] = qc.get("ignore")
+    for key, names in lists.items():
+        _check_names(names or [], f"{source}: quantization_config.{key}")
+    for name, group in groups.items():
+        size = (group.get("weights") or {}).get("group_size")
+        if size is not None and not (type(size) is int and size > 0):
+            raise ArtefactError(
+                f"{source}: quantization_config.config_groups.{name}.weights.group_size "
+                f"must be a positive integer. Received: {size!r}"
+            )
+
+
+def _check_names(names, where: str) -> None:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ArtefactError(f"{where} must be a list of module names. Received: {names!r}")
+    for name in names:
+        why = name.startswith("re:") and patterns.problem(name[3:])
+        if why:
+            raise ArtefactError(f"{where}: {name!r} is not a usable regular expression ({why}).")
 
 
 def _refuse_features(qc: dict, source: str) -> None:
@@ -131,5 +163,5 @@ def _matches(module: str, target: str) -> bool:
 
 def _match_name(module: str, target: str) -> bool:
     if target.startswith("re:"):
-        return re.match(target[3:], module) is not None
+        return patterns.match(target[3:], module)
     return target == module
