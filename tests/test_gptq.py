@@ -40,7 +40,9 @@ def test_matches_numpy_reference(layer, group_size, symmetric, block_size):
     got = gptq_quantize(w, h, "int4", group_size, symmetric, block_size=block_size, search=False)
     codes, scale, zero = gptq_reference(w, h, group_size, symmetric, block_size=block_size)
     np.testing.assert_array_equal(quantizers.unpack_int4(got.codes, K), codes)
-    np.testing.assert_allclose(got.scale, scale, rtol=1e-6)
+    # Codes exactly; scales to float32 rounding (a few ulps: LAPACK builds differ in
+    # the last bits of the inverse Hessian factor, e.g. 1.2e-6 with SciPy 1.17).
+    np.testing.assert_allclose(got.scale, scale, rtol=1e-5)
     if symmetric:
         assert got.zero is None
     else:
