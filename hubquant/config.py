@@ -206,7 +206,7 @@ def _is_block_item(item: object) -> bool:
     if type(item) is int:
         return True
     match = isinstance(item, str) and _SLICE.fullmatch(item)
-    return bool(match) and match.group(3) not in ("0", "-0")
+    return bool(match) and (match.group(3) is None or int(match.group(3)) != 0)
 
 
 def _regex_problem(path: object) -> str | None:

@@ -27,6 +27,10 @@ class OutputError(HubquantError):
     """The output location cannot be written."""
 
 
+class WeightsError(HubquantError):
+    """A model's weights cannot be quantized as they are (NaN, Inf)."""
+
+
 class ArtefactError(HubquantError):
     """A saved hubquant artefact is incomplete, corrupt or unsupported."""
 

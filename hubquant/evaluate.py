@@ -87,16 +87,39 @@ def evaluate(
     from hubquant.api import load
     from hubquant.source import load_source
 
-    path = Path(text_file)
-    if not path.is_file():
-        raise HubquantError(f"--text: '{text_file}' is not a readable file.")
+    if type(seq_len) is not int or seq_len < 2:
+        raise HubquantError(f"--seq-len: expected an integer of at least 2. Received: {seq_len}")
+    if type(windows) is not int or windows < 1:
+        raise HubquantError(f"--windows: expected a positive integer. Received: {windows}")
+    text = _read_text(Path(text_file))
     float_lm = load_source(preset)
     quantized_lm = load(quantized)
     tokenizer = getattr(getattr(float_lm, "preprocessor", None), "tokenizer", None)
     if tokenizer is None:
         raise HubquantError(f"preset '{preset}' has no tokenizer; eval needs a causal LM preset.")
-    data = token_windows(tokenizer, path.read_text(encoding="utf-8"), seq_len, windows)
+    _check_vocabularies(float_lm, quantized_lm, preset, quantized)
+    data = token_windows(tokenizer, text, seq_len, windows)
     return compare(float_lm, quantized_lm, data)
+
+
+def _read_text(path: Path) -> str:
+    """A text file's contents; a binary or unreadable file is refused by name."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise HubquantError(f"--text: '{path}' is not a readable UTF-8 text file ({e}).") from None
+    if "\x00" in text:
+        raise HubquantError(f"--text: '{path}' holds NUL bytes; give a plain text file.")
+    return text
+
+
+def _check_vocabularies(float_lm, quantized_lm, preset, quantized) -> None:
+    ours, theirs = (m.backbone.vocabulary_size for m in (float_lm, quantized_lm))
+    if ours != theirs:
+        raise HubquantError(
+            f"'{quantized}' has a vocabulary of {theirs} tokens; preset '{preset}' has "
+            f"{ours}: it was not quantized from this preset."
+        )
 
 
 def _log_softmax(logits) -> np.ndarray:

@@ -13,9 +13,12 @@ from dataclasses import asdict, dataclass, field, replace
 from hubquant import quantizers
 from hubquant.config import Config
 from hubquant.errors import ConfigError, RecipeError
+from hubquant.paths import layer_list, variable_of, walk
 from hubquant.recipe import Recipe, RoleSpec
 
 FORMAT_VERSION = 1
+_ITEMSIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+_DTYPES = {*_ITEMSIZES, "mixed_float16", "mixed_bfloat16"}  # dtype policy names
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,59 @@ class PlanEntry:
         return cls(**{**data, **shapes})
 
 
+def _dims(count: tuple[int, ...]):
+    def check(v) -> bool:
+        ok = isinstance(v, list) and len(v) in count
+        return ok and all(type(d) is int and 0 < d < 2**40 for d in v)
+
+    return check
+
+
+def _optional(kind: type):
+    return lambda v: v is None or isinstance(v, kind)
+
+
+# A saved entry's keys and what each must hold (a Plan in a shared file is data).
+_ENTRY_CHECKS = {
+    "path": (lambda v: isinstance(v, str), "a string"),
+    "attr": (lambda v: isinstance(v, str), "a string"),
+    "role": (lambda v: isinstance(v, str), "a string"),
+    "block": (lambda v: v is None or (type(v) is int and v >= 0), "a block index or null"),
+    "matrix": (lambda v: isinstance(v, str), "a string"),
+    "layer": (lambda v: isinstance(v, str), "a string"),
+    "mode": (lambda v: v in ("none", "int8", "int4"), "one of none, int8, int4"),
+    "group_size": (lambda v: type(v) is int and (v > 0 or v == -1), "a positive integer or -1"),
+    "symmetric": (lambda v: isinstance(v, bool), "true or false"),
+    "algorithm": (lambda v: v in ("rtn", "gptq", "awq"), "one of rtn, gptq, awq"),
+    "source_dtype": (lambda v: v in _DTYPES, f"one of {', '.join(sorted(_DTYPES))}"),
+    "shape": (_dims((2,)), "two positive sizes"),
+    "kernel_shape": (_dims((2, 3)), "two or three positive sizes"),
+    "rule": (lambda v: v is None or (type(v) is int and v > 0), "a rule number or null"),
+    "hf": (_optional(str), "a string or null"),
+    "algorithm_options": (_optional(dict), "a mapping or null"),
+    "input_norm": (_optional(str), "a string or null"),
+    "folded_into": (_optional(str), "a string or null"),
+    "input_from": (_optional(str), "a string or null"),
+}
+
+
+def _checked_entry(data: object, number: int) -> dict:
+    from hubquant.errors import ArtefactError
+
+    where = f"the saved Plan's entry {number}"
+    if not isinstance(data, dict):
+        raise ArtefactError(f"{where} is {type(data).__name__}; expected a mapping.")
+    optional = {"hf", "algorithm_options", "input_norm", "folded_into", "input_from"}
+    for key in data.keys() - _ENTRY_CHECKS.keys():
+        raise ArtefactError(f"{where} has unknown key {key!r}.")
+    for key, (check, expected) in _ENTRY_CHECKS.items():
+        if key not in data and key in optional:
+            continue
+        if key not in data or not check(data[key]):
+            raise ArtefactError(f"{where} has {key}={data.get(key)!r}; expected {expected}.")
+    return data
+
+
 @dataclass(frozen=True)
 class Plan:
     recipe: str
@@ -139,10 +195,20 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
-        version = data.get("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            from hubquant.errors import ArtefactError
+        from hubquant.errors import ArtefactError
 
+        version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else None
+        if type(version) is not int:
+            raise ArtefactError(f"the saved Plan's format_version is {version!r}; expected 1.")
+        for key in ("recipe", "backbone", "dtype"):
+            if not isinstance(data.get(key), str):
+                raise ArtefactError(
+                    f"the saved Plan's {key} is {data.get(key)!r}; expected a name."
+                )
+        entries = data.get("entries")
+        if not isinstance(entries, list):
+            raise ArtefactError("the saved Plan has no list of entries.")
+        if version > FORMAT_VERSION:
             raise ArtefactError(
                 f"plan format version {version} is newer than this hubquant "
                 f"understands ({FORMAT_VERSION}). Upgrade hubquant."
@@ -155,7 +221,9 @@ class Plan:
             unmatched_rules=tuple(data.get("unmatched_rules", ())),
             config_text=data.get("config_text", ""),
             recipe_text=data.get("recipe_text", ""),
-            entries=tuple(PlanEntry.from_dict(e) for e in data["entries"]),
+            entries=tuple(
+                PlanEntry.from_dict(_checked_entry(e, i)) for i, e in enumerate(entries, 1)
+            ),
         )
 
     def to_json(self) -> str:
@@ -177,6 +245,13 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
             layer = _find(owner, spec.path, spec, where, recipe)
             if layer is None:
                 continue  # an optional role this block does not have
+            for matrix in spec.matrices:
+                if variable_of(layer, matrix) is None:
+                    raise RecipeError(
+                        f"recipe '{recipe.name}' ({recipe.source}): role '{spec.role}': "
+                        f"matrix '{matrix}' is not a weight of {type(layer).__name__} at "
+                        f"'{layer.path}'; the recipe does not fit this model."
+                    )
             layer_cls = replacement_for(layer, spec, recipe)
             for path in (spec.input_norm, spec.input_from):
                 if path is not None:
@@ -247,13 +322,13 @@ def _algorithm_options(options) -> dict | None:
 
 
 def _blocks(backbone, recipe: Recipe) -> list:
-    blocks = getattr(backbone, recipe.blocks, None)
+    blocks = layer_list(backbone, recipe.blocks)
     if blocks is None:
         raise RecipeError(
             f"recipe '{recipe.name}' ({recipe.source}): backbone "
             f"{type(backbone).__name__} has no block list '{recipe.blocks}'."
         )
-    return list(blocks)
+    return blocks
 
 
 def _owners(backbone, blocks, spec: RoleSpec, blocks_attr: str):
@@ -265,18 +340,14 @@ def _owners(backbone, blocks, spec: RoleSpec, blocks_attr: str):
 
 
 def _find(owner, dotted: str, spec: RoleSpec, where: str, recipe: Recipe):
-    obj = owner
-    for part in dotted.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
-        if obj is None and spec.optional:
-            return None
-        if obj is None:
-            place = f"block {where.rsplit('.', 1)[-1]}" if where else "the backbone"
-            raise RecipeError(
-                f"recipe '{recipe.name}' ({recipe.source}): role '{spec.role}': path "
-                f"'{dotted}' not found in {place} "
-                f"({type(owner).__name__}); the recipe does not fit this model."
-            )
+    obj = walk(owner, dotted)
+    if obj is None and not spec.optional:
+        place = f"block {where.rsplit('.', 1)[-1]}" if where else "the backbone"
+        raise RecipeError(
+            f"recipe '{recipe.name}' ({recipe.source}): role '{spec.role}': path "
+            f"'{dotted}' not found in {place} "
+            f"({type(owner).__name__}); the recipe does not fit this model."
+        )
     return obj
 
 
@@ -337,4 +408,4 @@ def _backbone_dtype(backbone) -> str:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"bfloat16": 2, "float16": 2, "float64": 8}.get(dtype, 4)
+    return _ITEMSIZES.get(dtype, 4)

@@ -40,6 +40,14 @@ def num_groups(k: int, group_size: int) -> int:
     return 1 if group_size == -1 else -(-k // group_size)
 
 
+class NonFiniteWeights(ValueError):
+    """A matrix holds NaN or Inf (or a finite value float32 cannot hold)."""
+
+    def __init__(self, row: int, column: int, value: float):
+        super().__init__(f"row {row}, column {column} holds {value}")
+        self.row, self.column, self.value = row, column, value
+
+
 class RowReader:
     """Rows of an ``[N, K]`` float matrix, read on demand as float32.
 
@@ -53,7 +61,11 @@ class RowReader:
         self._read = read
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
-        return np.ascontiguousarray(self._read(start, stop), dtype=np.float32)
+        rows = np.ascontiguousarray(self._read(start, stop), dtype=np.float32)
+        if not np.isfinite(rows).all():
+            bad = np.argwhere(~np.isfinite(rows))[0]
+            raise NonFiniteWeights(int(start + bad[0]), int(bad[1]), float(rows[tuple(bad)]))
+        return rows
 
 
 def as_rows(w) -> RowReader:
@@ -92,7 +104,8 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(absmax > 0, absmax / np.float32(127), np.float32(1))
     q = np.clip(np.round(w / scale[:, None]), -127, 127)
     denom = np.einsum("ij,ij->i", q, q)
-    ls = np.einsum("ij,ij->i", w, q) / np.where(denom > 0, denom, 1)
+    # float64 sums: w * q overflows float32 for weights near its largest value.
+    ls = np.einsum("ij,ij->i", w, q, dtype=np.float64) / np.where(denom > 0, denom, 1)
     return q.astype(np.int8), np.where(denom > 0, ls, scale).astype(np.float32)
 
 
@@ -165,7 +178,14 @@ def _grid_chunk(w, symmetric: bool, bits: int, ratios: tuple[float, ...]):
     """Best (by squared error) of the clipped candidates, per group.
 
     ``w`` is ``[rows, G, gs]``; returns signed codes, scales and zero points.
+    A group whose largest magnitude passes 2^32 is first divided by a power of
+    two (exact: the same codes, the scale multiplied back exactly), so no range or
+    square overflows float32 even for weights near its largest value. Other
+    groups divide by 1: XLA flushes subnormals, so 1/unit must stay normal.
     """
+    peak = jnp.max(jnp.abs(w), axis=-1)
+    unit = jnp.exp2(jnp.maximum(jnp.floor(jnp.log2(jnp.maximum(peak, 1.0))) - 32, 0.0))
+    w = w / unit[..., None]
     best = _candidate(w, ratios[0], symmetric, bits)
 
     def keep_better(best, ratio):
@@ -181,7 +201,7 @@ def _grid_chunk(w, symmetric: bool, bits: int, ratios: tuple[float, ...]):
         for _ in range(_REFINE_STEPS):
             best = _refit_affine(w, best, bits)
     codes, scale, zero, _ = _refine_scale(w, *best[:3])
-    return codes, scale, zero
+    return codes, scale * unit, zero
 
 
 def _refit_affine(w, best, bits: int):

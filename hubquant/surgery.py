@@ -9,11 +9,15 @@ own ``quantize()`` hook.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras.dtype_policies import QuantizedDTypePolicy
 
+from hubquant.errors import ArtefactError
 from hubquant.layers import MatrixSpec
-from hubquant.layers.registry import class_for
+from hubquant.layers.registry import class_for, known_class, matrix_shape
+from hubquant.paths import variable_of, walk
 from hubquant.plan import Plan, PlanEntry
 
 
@@ -34,6 +38,7 @@ def quantize_layers(backbone, plan: Plan, on_layer=None) -> None:
 
 def build_skeleton(backbone, plan: Plan) -> None:
     """Re-create planned layers directly in quantized form, before weights load."""
+    check_plan_fits(backbone, plan)
     for attr, entries in plan.layers().items():
         layer = layer_at(backbone, attr)
         _adopt(layer, entries)
@@ -51,10 +56,50 @@ def build_skeleton(backbone, plan: Plan) -> None:
 
 def layer_at(backbone, attr: str):
     """The layer at a Plan entry's attribute path from the backbone."""
-    obj = backbone
-    for part in attr.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
+    layer = walk(backbone, attr)
+    if layer is None:
+        raise ArtefactError(
+            f"the Plan names layer '{attr}', which is not a layer of {type(backbone).__name__}."
+        )
+    return layer
+
+
+def check_plan_fits(backbone, plan: Plan) -> None:
+    """Every entry of a saved Plan names a layer of ``backbone``, a hubquant layer
+    class, and the shapes that layer's float matrices have: checked before any
+    variable is allocated (a Plan in a shared file may have been edited)."""
+    for attr, entries in plan.layers().items():
+        layer = layer_at(backbone, attr)
+        for e in entries:
+            problem = _misfit(layer, e)
+            if problem:
+                raise ArtefactError(f"the Plan's entry for '{e.path}' ({e.role}) {problem}.")
+
+
+def _misfit(layer, e: PlanEntry) -> str | None:
+    bank = e.matrix not in ("kernel", "embeddings", "reverse")
+    if bank and variable_of(layer, e.matrix) is None:
+        return f"names matrix {e.matrix!r}, which {type(layer).__name__} does not hold"
+    if not known_class(e.layer, layer, bank):
+        return f"names layer class {e.layer!r}, which hubquant does not use for it"
+    n, k = e.shape
+    if math.prod(e.kernel_shape) != n * k:
+        return f"says shape {list(e.shape)} but variable shape {list(e.kernel_shape)}"
+    if e.matrix == "kernel":  # Keras built it from the config, int4 packed two per byte
+        held = math.prod(layer._kernel.shape)
+        packed = layer.quantization_mode == "int4"
+        if not (held <= n * k <= 2 * held if packed else n * k == held):
+            return (
+                f"says shape {list(e.shape)}; the layer built from the saved config "
+                f"holds {held} values"
+            )
+        return None
+    actual = matrix_shape(layer, e.matrix)
+    if tuple(e.shape) != actual:
+        return (
+            f"says shape {list(e.shape)}; the model built from the saved config has {list(actual)}"
+        )
+    return None
 
 
 def _adopt(layer, entries: list[PlanEntry]) -> None:

@@ -125,6 +125,33 @@ def _hostile_asset(name: str):
     return prepare
 
 
+def _edit_plan(edit: Callable[[dict], None]):
+    """Apply ``edit`` to the saved Plan wherever ``{art}`` keeps it."""
+
+    def visit(node):
+        if isinstance(node, dict):
+            if "entries" in node and "recipe" in node:
+                edit(node)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    def prepare(tmp: Path, _):
+        for name in ("hubquant.json", "config.json", "task.json"):
+            path = tmp / "art" / name
+            data = json.loads(path.read_text())
+            visit(data)
+            path.write_text(json.dumps(data))
+
+    return prepare
+
+
+def _entry(**changes):
+    return _edit_plan(lambda plan: plan["entries"][0].update(changes))
+
+
 def _hostile_index(text: str):
     """``{art}``'s safetensors gets an index file holding ``text``."""
 
@@ -487,6 +514,86 @@ ROWS = {
         "delimiter: line 1 column 20 (char 19)",
         prepare=_hostile_index('{"weight_map": {"a"'),
     ),
+    "eval_binary_text": Row(
+        "eval --preset {gemma} --quantized {art} --text {in}/t.bin",
+        "--text: '{in}/t.bin' is not a readable UTF-8 text file ('utf-8' codec can't decode "
+        "byte 0x89 in position 0: invalid start byte).",
+        prepare=lambda tmp, _: (tmp / "in" / "t.bin").write_bytes(b"\x89PNG\r\n\x1a\n"),
+    ),
+    "eval_text_with_nul_bytes": Row(
+        "eval --preset {gemma} --quantized {art} --text {in}/t.txt",
+        "--text: '{in}/t.txt' holds NUL bytes; give a plain text file.",
+        {"t.txt": "a\x00b"},
+    ),
+    "eval_seq_len_one": Row(
+        "eval --preset {gemma} --quantized {art} --text {in}/t.txt --seq-len 1",
+        "--seq-len: expected an integer of at least 2. Received: 1",
+        {"t.txt": "the sea"},
+    ),
+    "eval_seq_len_negative": Row(
+        "eval --preset {gemma} --quantized {art} --text {in}/t.txt --seq-len -4",
+        "--seq-len: expected an integer of at least 2. Received: -4",
+        {"t.txt": "the sea"},
+    ),
+    "eval_windows_zero": Row(
+        "eval --preset {gemma} --quantized {art} --text {in}/t.txt --windows 0",
+        "--windows: expected a positive integer. Received: 0",
+        {"t.txt": "the sea"},
+    ),
+    "eval_other_vocabulary": Row(
+        "eval --preset {llama3} --quantized {art} --text {in}/t.txt",
+        "'{art}' has a vocabulary of {gemma_vocab} tokens; preset '{llama3}' has "
+        "{llama3_vocab}: it was not quantized from this preset.",
+        {"t.txt": "the sea"},
+    ),
+    "plan_entry_larger_than_the_model": Row(
+        "export {art} --output {out}",
+        "the Plan's entry for 'token_embedding' (embed+lm_head) says shape "
+        "[549755813888, 96]; the model built from the saved config has [{gemma_vocab}, 96].",
+        prepare=_entry(shape=[2**39, 96], kernel_shape=[2**39, 96]),
+    ),
+    "plan_entry_size_past_any_model": Row(
+        "export {art} --output {out}",
+        "the saved Plan's entry 1 has shape=[1099511627776, 96]; expected two positive sizes.",
+        prepare=_entry(shape=[2**40, 96]),
+    ),
+    "plan_layer_class_lambda": Row(
+        "export {art} --output {out}",
+        "the Plan's entry for 'token_embedding' (embed+lm_head) names layer class 'Lambda', which "
+        "hubquant does not use for it.",
+        prepare=_entry(layer="Lambda"),
+    ),
+    "plan_layer_class_os_system": Row(
+        "export {art} --output {out}",
+        "the Plan's entry for 'token_embedding' (embed+lm_head) names layer class 'os.system', "
+        "which hubquant does not use for it.",
+        prepare=_entry(layer="os.system"),
+    ),
+    "plan_attr_dunder": Row(
+        "export {art} --output {out}",
+        "the Plan names layer '__class__', which is not a layer of GemmaBackbone.",
+        prepare=_entry(attr="__class__"),
+    ),
+    "plan_entry_an_int": Row(
+        "inspect {art}",
+        "the saved Plan's entry 1 is int; expected a mapping.",
+        prepare=_edit_plan(lambda plan: plan["entries"].__setitem__(0, 5)),
+    ),
+    "plan_version_a_string": Row(
+        "inspect {art}",
+        "the saved Plan's format_version is '2'; expected 1.",
+        prepare=_edit_plan(lambda plan: plan.update(format_version="2")),
+    ),
+    "plan_shape_abc": Row(
+        "inspect {art}",
+        "the saved Plan's entry 1 has shape='abc'; expected two positive sizes.",
+        prepare=_entry(shape="abc"),
+    ),
+    "plan_group_size_zero": Row(
+        "inspect {art}",
+        "the saved Plan's entry 1 has group_size=0; expected a positive integer or -1.",
+        prepare=_entry(group_size=0),
+    ),
     "not_an_artefact": Row(
         "inspect {in}",
         "'{in}' is not a hubquant artefact (folder, .keras or .safetensors).",
@@ -521,6 +628,10 @@ def artefact(float_presets, tmp_path_factory):
     return folder
 
 
+def _vocabulary(preset: Path) -> int:
+    return json.loads((preset / "config.json").read_text())["config"]["vocabulary_size"]
+
+
 def _context(tmp: Path, float_presets, opt_preset, size: int) -> dict:
     from hubquant.recipe import shipped_recipes
 
@@ -536,6 +647,8 @@ def _context(tmp: Path, float_presets, opt_preset, size: int) -> dict:
         "known": ", ".join(repr(b) for b in served),
         "size": size,
         "eof": size // 2,
+        "gemma_vocab": _vocabulary(float_presets["gemma"]),
+        "llama3_vocab": _vocabulary(float_presets["llama3"]),
     }
 
 

@@ -259,6 +259,14 @@ def test_optional_rules_are_never_reported_unmatched():
             "c.yaml: rule 1: key 'optional': expected true or false. Received: optional='yes'",
         ),
         (
+            "rules:\n  - match: {blocks: ['0:1:00']}\n",
+            f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. Received: match.blocks=['0:1:00']",
+        ),
+        (
+            "rules:\n  - match: {blocks: ['::-00']}\n",
+            f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. Received: match.blocks=['::-00']",
+        ),
+        (
             "rules:\n  - match: {blocks: []}\n",
             f"c.yaml: rule 1: key 'match.blocks': {BLOCKS}. Received: match.blocks=[]",
         ),

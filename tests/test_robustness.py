@@ -98,3 +98,34 @@ def test_a_run_killed_while_writing_leaves_nothing_loadable(tmp_path, float_pres
     for partial in tmp_path.glob(".out.partial-*"):
         with pytest.raises(ArtefactError):
             hubquant.load(partial)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_layer(fresh, value):
+    from hubquant.errors import WeightsError
+
+    lm = fresh("gemma")
+    kernel = lm.backbone.get_layer("decoder_block_1").attention.query_dense.kernel
+    w = kernel.numpy()
+    w[1, 0, 5] = value
+    kernel.assign(w)
+    with pytest.raises(WeightsError) as caught:
+        hubquant.quantize(lm, "int8")
+    assert str(caught.value) == (
+        f"layer 'decoder_block_1/attention/query': its weights hold a non-finite value "
+        f"(row 29, column 0 holds {value}); hubquant does not quantize NaN or Inf. "
+        "Fix the checkpoint (or zero those weights) first."
+    )
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_weights_near_the_float32_limit_get_finite_scales(mode):
+    import numpy as np
+
+    from hubquant import quantizers
+
+    w = np.random.default_rng(0).uniform(-3e38, 3e38, (8, 256)).astype(np.float32)
+    m = quantizers.quantize(w, mode, 128, False)
+    assert np.isfinite(m.scale).all()
+    back = quantizers.dequantize(m, 256, None if mode == "int8" else 128)
+    assert np.isfinite(back).all() and np.abs(back - w).max() < 0.25 * np.abs(w).max()

@@ -18,6 +18,7 @@ from keras import ops
 from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 
 from hubquant import quantizers
+from hubquant.errors import WeightsError
 from hubquant.layers import products
 
 MODES = ("int8", "int4")
@@ -125,7 +126,7 @@ class QuantizedLayerMixin:
                 fm = floats[name]
                 matrix = values.get(name)
                 if matrix is None:
-                    matrix = _quantize(fm.to_matrix(getattr(self, fm.attr)), spec)
+                    matrix = _quantize(fm.to_matrix(getattr(self, fm.attr)), spec, self.path)
                 input_scale = values.get(f"{name}_input_scale")
                 spec = _with_input_scale(spec, input_scale)
                 self.hubquant_specs[name] = spec
@@ -247,7 +248,7 @@ class QuantizedLayerMixin:
                 values[name] = read(store, key, floats[name])
             else:
                 rows = read(store, key, floats[name])
-                values[name] = _quantize(rows, self.hubquant_specs[name])
+                values[name] = _quantize(rows, self.hubquant_specs[name], self.path)
         self.__class__ = cls
         if mode is None:
             self.hubquant_later = values
@@ -356,8 +357,14 @@ def source_dtype_of(layer) -> str:
     return policy.name
 
 
-def _quantize(matrix, spec: MatrixSpec) -> quantizers.QuantizedMatrix:
-    return quantizers.quantize(matrix, spec.mode, spec.group_size, spec.symmetric)
+def _quantize(matrix, spec: MatrixSpec, path: str) -> quantizers.QuantizedMatrix:
+    try:
+        return quantizers.quantize(matrix, spec.mode, spec.group_size, spec.symmetric)
+    except quantizers.NonFiniteWeights as e:
+        raise WeightsError(
+            f"layer '{path}': its weights hold a non-finite value ({e}); hubquant does not "
+            "quantize NaN or Inf. Fix the checkpoint (or zero those weights) first."
+        ) from None
 
 
 class _Given:

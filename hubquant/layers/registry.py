@@ -74,6 +74,14 @@ def class_for(name: str, layer) -> type:
     return experts_class(type(layer))
 
 
+def known_class(name: str, layer, bank: bool) -> bool:
+    """``name`` is the hubquant layer class ``class_for`` gives ``layer`` (``bank``:
+    the entry is an expert bank's matrix)."""
+    if bank:
+        return name == experts_class(type(layer)).__name__
+    return name in LAYERS and isinstance(layer, _keras_base(LAYERS[name]))
+
+
 def _keras_base(cls: type) -> type:
     return next(src for src, dst in REPLACEMENTS if dst is cls)
 
