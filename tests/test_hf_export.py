@@ -61,6 +61,42 @@ def test_transformers_loads_the_export_and_agrees(family, config, fresh, inputs,
     assert "model.layers.0.self_attn.q_proj" in targets
 
 
+def asymmetric_int4(group_size, lm_head="none"):
+    return parse_config(
+        f"default: {{mode: int4, group_size: {group_size}, symmetric: false}}\n"
+        "rules:\n  - match: {role: 'embed*'}\n    mode: none\n"
+        f"  - match: {{role: lm_head}}\n    mode: {lm_head}\n",
+        f"asym-g{group_size}",
+    )
+
+
+@pytest.mark.parametrize(
+    "family,config",
+    [("gemma", asymmetric_int4(32)), ("llama3", asymmetric_int4(-1, lm_head="int8"))],
+    ids=["gemma-g32", "llama3-channel-int8-head"],
+)
+def test_asymmetric_int4_export_loads_in_transformers_and_imports(
+    family, config, fresh, inputs, tmp_path
+):
+    """Zero points packed along the output axis, zero-padded to [out, groups]
+    rows: the shape transformers 5.24 gives the parameter before loading."""
+    from safetensors.numpy import load_file
+
+    lm = fresh(family)
+    hubquant.quantize(lm, config)
+    export_hf(lm, tmp_path)
+    ours = logits(lm, inputs)
+    theirs = hf_logits(tmp_path, inputs["token_ids"])
+    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.99
+    assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()
+    tensors = load_file(tmp_path / "model.safetensors")
+    q_proj = "model.layers.0.self_attn.q_proj"
+    zero = tensors[f"{q_proj}.weight_zero_point"]
+    assert zero.dtype == np.int32 and zero.shape[0] == tensors[f"{q_proj}.weight_shape"][0]
+    back = hubquant.load(tmp_path)
+    np.testing.assert_allclose(logits(back, inputs), ours, rtol=0, atol=1e-6 * np.abs(ours).max())
+
+
 TASKS = {
     "mistral": keras_hub.models.MistralCausalLM,
     "qwen": keras_hub.models.QwenCausalLM,  # untied LM head, q/k/v biases

@@ -7,7 +7,8 @@ compressed-tensors``, ``format: pack-quantized``; tokenizer files; and
 ``<m>.weight_packed`` (int32, codes offset by 2^(bits-1), packed least
 significant bits first along the input axis), ``<m>.weight_scale``
 (multipliers, the model's dtype), ``<m>.weight_shape`` (int64 ``[out, in]``)
-and, when asymmetric, ``<m>.weight_zero_point`` (packed along the output axis).
+and, when asymmetric, ``<m>.weight_zero_point`` (packed along the output axis,
+then zero-padded to ``[out, groups]`` rows: see ``_zero_point``).
 hubquant's ``[N, K]`` codes already are Hugging Face's ``[out, in]``.
 
 A quantized token table is written dequantized (transformers' embeddings stay
@@ -221,8 +222,24 @@ def _packed_tensors(backbone, entry: PlanEntry, dtype) -> dict[str, np.ndarray]:
     }
     if not entry.symmetric and entry.mode == "int4":
         zero = keras.ops.convert_to_numpy(getattr(layer, f"{entry.matrix}_zero"))
-        out[f"{entry.hf}.weight_zero_point"] = pack_int32(zero, bits, axis=0)
+        out[f"{entry.hf}.weight_zero_point"] = _zero_point(zero, bits)
     return out
+
+
+def _zero_point(zero: np.ndarray, bits: int) -> np.ndarray:
+    """``[N, G]`` zero points packed along the output axis into int32, as
+    compressed-tensors packs them, zero-padded back to ``[N, G]`` rows.
+
+    transformers (5.24 with compressed-tensors 0.20) builds the module on the
+    meta device, where compressed-tensors leaves ``weight_zero_point`` unpacked
+    (``[N, G]``), so it refuses the packed ``[ceil(N / 8), G]`` tensor; its
+    decompression still reads an int32 zero point as packed along axis 0 and
+    uses the first ``ceil(N / 8)`` rows only. hubquant's importer reads both.
+    """
+    packed = pack_int32(zero, bits, axis=0)
+    padded = np.zeros(zero.shape, np.int32)
+    padded[: packed.shape[0]] = packed
+    return padded
 
 
 def pack_int32(values: np.ndarray, bits: int, axis: int) -> np.ndarray:

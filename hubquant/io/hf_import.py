@@ -238,7 +238,13 @@ def _matrix_values(entry: PlanEntry, files: TensorFiles, folder: Path) -> dict:
     values = {"codes": pack_int4(codes), "scale": scale.astype(np.float32)}
     if not entry.symmetric:
         zero = files.get(f"{name}.weight_zero_point")
-        if zero.shape != (n, groups):  # packed along the output axis, as written since 0.9
+        # int32: packed along the output axis (compressed-tensors since 0.9), as
+        # [ceil(N / 8), G] or zero-padded to [N, G] rows (hubquant's export, which
+        # transformers 5.24 loads); compressed-tensors decodes both from the first
+        # rows. int8 [N, G]: unpacked (older writers).
+        if zero.dtype == np.int32 and zero.shape == (n, groups):
+            zero = zero[: -(-n // (32 // bits))]
+        if zero.dtype == np.int32 or zero.shape != (n, groups):
             zero = _unpacked(zero, bits, (n, groups), 0, name, folder)
         values["zero"] = zero.astype(np.int8)
     return values
