@@ -13,7 +13,9 @@ the same quantizer over the same blocks of rows.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import ml_dtypes
@@ -166,7 +168,25 @@ def build_unloaded(preset: str):
         raise
     except Exception as e:
         raise PresetError(_first_line(preset, e)) from None
+    _check_weight_bytes(model, preset)
     return model, loader
+
+
+def _check_weight_bytes(model, preset: str) -> None:
+    """Refuse a local preset whose config describes more weights than its files can
+    hold (at 2 bytes a value), before a single variable is allocated."""
+    folder = Path(preset).expanduser()
+    if not folder.is_dir():
+        return
+    files = [*folder.glob("*.weights.h5"), *folder.glob("*.safetensors")]
+    held = sum(f.stat().st_size for f in files)
+    params = sum(math.prod(v.shape) for v in model.weights)
+    if files and 2 * params > held + (1 << 20):
+        raise PresetError(
+            f"preset '{preset}': its config describes {params:,} weights "
+            f"({2 * params / 2**30:,.1f} GiB even at 16 bits), but its weights files hold "
+            f"{held / 2**30:,.3f} GiB; the config does not match the weights."
+        )
 
 
 @contextlib.contextmanager
@@ -184,6 +204,11 @@ def deferred_variables():
 
 def set_value(variable, value) -> None:
     """Assign, or initialise a deferred variable directly with ``value``."""
+    if tuple(np.shape(value)) != tuple(variable.shape):
+        raise PresetError(
+            f"the weights for '{variable.path}' have shape {list(np.shape(value))}; the "
+            f"preset's config makes it {list(variable.shape)}."
+        )
     if variable._value is None:
         variable._initializer = lambda shape, dtype=None: value
         variable._deferred_initialize()
@@ -348,9 +373,12 @@ def _check_complete(model, preset: str, skip=frozenset()) -> None:
     """Every planned layer was read; other variables the preset did not
     fill keep their initialiser's values, as ``from_preset`` leaves them
     (but for those in ``skip``, ids of matrices read later)."""
-    missing = [layer.path for layer in model._flatten_layers() if "_hubquant_stream" in vars(layer)]
-    if missing:
-        raise PresetError(f"preset '{preset}' has no weights for '{missing[0]}'.")
+    unread = [layer for layer in model._flatten_layers() if "_hubquant_stream" in vars(layer)]
+    if unread:
+        why = vars(unread[0]).get("hubquant_misfit")  # the file held another shape
+        if why:
+            raise PresetError(f"preset '{preset}': {why}")
+        raise PresetError(f"preset '{preset}' has no weights for '{unread[0].path}'.")
     initialize_deferred(model, skip)
 
 

@@ -6,6 +6,8 @@ model, ``hubquant.quantize`` quantizes it in memory.
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -194,3 +196,54 @@ def test_calibrated_hugging_face_folder_streams(fresh, tmp_path):
     reference = load_source(str(folder))
     assert api.quantize(reference, config).entries == plan.entries
     _assert_same(model, reference)
+
+
+def _edit_vocabulary(folder, size) -> None:
+    """Set the vocabulary size a preset's config states (``size(old) -> new``)."""
+    places = {
+        "config.json": [("vocab_size",), ("config", "vocabulary_size")],
+        "task.json": [("config", "backbone", "config", "vocabulary_size")],
+    }
+    for name, keys in places.items():
+        if not (folder / name).is_file():
+            continue
+        data = json.loads((folder / name).read_text())
+        for path in keys:
+            node = data
+            for key in path[:-1]:
+                node = node.get(key, {})
+            if path[-1] in node:
+                node[path[-1]] = size(node[path[-1]])
+        (folder / name).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("config", ["int8", "int4"])
+def test_keras_preset_whose_config_disagrees_with_its_weights_is_refused(
+    float_presets, tmp_path, config
+):
+    import shutil
+
+    preset = tmp_path / "p"
+    shutil.copytree(float_presets["gemma"], preset)
+    _edit_vocabulary(preset, lambda v: v + 1)
+    with pytest.raises(PresetError) as caught:
+        stream.stream_quantize(str(preset), config)
+    assert str(caught.value) == (
+        f"preset '{preset}': layer 'token_embedding': the weights file holds its embeddings "
+        "as [120, 96] ([out, in]); the config makes it [121, 96]."
+    )
+
+
+def test_hugging_face_config_that_disagrees_with_its_weights_is_refused(fresh, tmp_path):
+    folder = tmp_path / "hf"
+    fresh("llama3").export_to_transformers(str(folder))
+    _edit_vocabulary(folder, lambda v: v + 1)
+    with pytest.raises(
+        PresetError,
+        match=r"the weights for 'token_embedding/embeddings' have "
+        r"shape \[269, 80\]; the preset's config makes it \[270, 80\]\.",
+    ):
+        stream.stream_quantize(str(folder), "int8")
+    _edit_vocabulary(folder, lambda v: 2**31)
+    with pytest.raises(PresetError, match=r"its config describes 343,597,518,480 weights"):
+        stream.prepare(str(folder), "int8")

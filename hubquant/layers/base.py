@@ -248,7 +248,15 @@ class QuantizedLayerMixin:
                 values[name] = read(store, key, floats[name])
             else:
                 rows = read(store, key, floats[name])
-                values[name] = _quantize(rows, self.hubquant_specs[name], self.path)
+                spec = self.hubquant_specs[name]
+                if tuple(rows.shape) != (spec.n, spec.k):
+                    self.hubquant_misfit = (
+                        f"layer '{self.path}': the weights file holds its {name} as "
+                        f"{list(rows.shape)} ([out, in]); the config makes it "
+                        f"{[spec.n, spec.k]}."
+                    )
+                    raise ValueError(self.hubquant_misfit)
+                values[name] = _quantize(rows, spec, self.path)
         self.__class__ = cls
         if mode is None:
             self.hubquant_later = values
