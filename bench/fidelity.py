@@ -80,7 +80,7 @@ def hubquant_row(folder: str, name: str, calibration: str):
     if spec.startswith("configs/"):
         config = load_config(Path(__file__).parent.parent / spec)
     else:
-        config = parse_config(spec.format(calibration=calibration), f"{name}.yaml")
+        config = parse_config(spec.replace("{calibration}", calibration), f"{name}.yaml")
     start = time.perf_counter()
     hubquant.apply_plan(model, hubquant.plan_for(model, config))
     return model, time.perf_counter() - start

@@ -13,6 +13,7 @@ the same quantizer over the same blocks of rows.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,11 @@ def build_unloaded(preset: str):
         loader = get_preset_loader(preset)
         with deferred_variables():
             backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=False, **kwargs)
+            if _saved_tied(preset, backbone):
+                kwargs["tie_word_embeddings"] = True
+                backbone = keras_hub.models.Backbone.from_preset(
+                    preset, load_weights=False, **kwargs
+                )
         model = backbone
         if not _is_backbone_only(preset):
             try:  # the task's own layers are small: built as usual
@@ -170,6 +176,30 @@ def build_unloaded(preset: str):
         raise PresetError(_first_line(preset, e)) from None
     _check_weight_bytes(model, preset)
     return model, loader
+
+
+def _saved_tied(preset: str, backbone) -> bool:
+    """A KerasHub preset of a tied Llama saved by KerasHub itself: its config lacks
+    ``tie_word_embeddings`` (KerasHub 0.32's ``get_config`` drops it) and its weights
+    file holds one array fewer than the untied model has (no LM-head matrix)."""
+    import h5py
+
+    from hubquant.models import constructor_arguments
+
+    file = Path(preset).expanduser() / "model.weights.h5"
+    if "tie_word_embeddings" not in constructor_arguments(type(backbone)) or not file.is_file():
+        return False
+    if getattr(backbone, "tie_word_embeddings", True):
+        return False
+    saved = json.loads((file.parent / "config.json").read_text()).get("config", {})
+    if "tie_word_embeddings" in saved:
+        return False
+    arrays = []
+    with h5py.File(file, "r") as f:
+        f.visititems(
+            lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) else None
+        )
+    return len(arrays) == len(backbone.weights) - 1
 
 
 def _check_weight_bytes(model, preset: str) -> None:

@@ -66,7 +66,9 @@ def _float_task(family: str, tied: bool | None):
 
 
 def _cells() -> list[tuple[str, bool | None, str]]:
-    cells = [("gemma", None, "preset"), ("gemma", None, "hf")]
+    # KerasHub 0.32 exports Gemma without "architectures" and cannot read it back:
+    # Hugging Face sources are Llama 3, tied and untied.
+    cells = [("gemma", None, "preset")]
     cells += [("llama3", t, s) for t in (False, True) for s in ("preset", "hf")]
     for family in _TASKS:
         for tied in (False, True) if family in _TIE else (None,):
@@ -103,7 +105,7 @@ def matrix(tmp_path_factory):
             if name == "calibrated":
                 model, _ = stream.read_calibrated(pending, _calibration(cell))
             else:
-                model, _ = stream.read_quantized(pending)
+                model = stream.read_quantized(pending)
             inputs = _inputs(model)
             out = root / f"{_cell_id(cell)}-{name}"
             hubquant.save(model, out, formats=("preset", "keras"))
@@ -157,11 +159,18 @@ def test_every_load_path_reproduces_the_artefact(key, matrix):
     for name, load in loaders.items():
         model = load()
         assert np.array_equal(np.asarray(model(inputs)), before), name
-    out = model.generate(
-        {"token_ids": inputs["token_ids"][:1], "padding_mask": inputs["padding_mask"][:1]},
-        max_length=12,
-    )
-    assert np.asarray(out["token_ids"]).shape == (1, 12)
+    if model.preprocessor is not None:
+        assert model.generate("the sea", max_length=12).startswith("the sea")
+        return
+    if key[0].startswith("gemma3"):
+        return  # KerasHub 0.32's Gemma3CausalLM.generate() needs a preprocessor
+    # Without a preprocessor, generate() fills the padding of a fixed-length prompt.
+    ids = np.zeros((1, 12), "int32")
+    ids[0, :4] = inputs["token_ids"][0, :4]
+    prompt = {"token_ids": ids, "padding_mask": (ids > 0).astype("int32")}
+    out = model.generate(prompt, stop_token_ids=None)
+    assert np.array_equal(np.asarray(out["token_ids"])[:, :4], ids[:, :4])
+    assert np.asarray(out["padding_mask"]).sum() == 12
 
 
 _FRESH = """
