@@ -44,6 +44,9 @@ HUBQUANT_ROWS = {
     "int4_awq": "default: {mode: int4, group_size: 128, algorithm: awq}\nrules:\n"
     + _TABLE
     + "{calibration}",
+    "int4_imatrix": "default: {mode: int4, group_size: 128, algorithm: imatrix}\nrules:\n"
+    + _TABLE
+    + "{calibration}",
 }
 KERAS_ROWS = ("keras_int8", "keras_int4")
 

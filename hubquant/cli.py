@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 EXIT_USER, EXIT_INTERNAL = 2, 1
 
@@ -107,24 +109,50 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from hubquant.errors import HubquantError
 
+    previous = _on_sigterm()
     try:
         return _dispatch(args)
     except HubquantError as e:
         if args.debug:
             raise
-        print(f"hubquant: error: {e}", file=sys.stderr)
+        print(f"hubquant: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("hubquant: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"hubquant: {how}; nothing was written.", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # an internal error: say so plainly
         if args.debug:
             raise
         print(
-            f"hubquant: internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)",
+            f"hubquant: internal error: {type(e).__name__}: {_one_line(e)} "
+            "(rerun with --debug for a traceback)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: staging folders are removed on the way out."""
+
+
+def _on_sigterm():
+    """Make SIGTERM raise ``Terminated`` (main thread only); the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def _one_line(error: Exception) -> str:
+    """The message on one line: a newline (in a path, say) is shown as ``\\n``."""
+    return str(error).strip().replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _dispatch(args) -> int:

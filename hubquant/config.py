@@ -27,7 +27,7 @@ KNOWN_ROLES = (
 )
 # fmt: on
 MODES = ("none", "int8", "int4")
-ALGORITHMS = ("rtn", "gptq", "awq")
+ALGORITHMS = ("rtn", "gptq", "awq", "imatrix")
 OPTION_KEYS = ("mode", "group_size", "symmetric", "algorithm", "gptq", "awq")
 MATCH_KEYS = ("role", "blocks", "path")
 RULE_KEYS = ("match", *OPTION_KEYS, "optional")

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from hubquant import quantizers
-from hubquant.config import Config
+from hubquant.config import ALGORITHMS, Config
 from hubquant.errors import ConfigError, RecipeError
 from hubquant.paths import layer_list, variable_of, walk
 from hubquant.recipe import Recipe, RoleSpec
@@ -118,7 +118,7 @@ _ENTRY_CHECKS = {
     "mode": (lambda v: v in ("none", "int8", "int4"), "one of none, int8, int4"),
     "group_size": (lambda v: type(v) is int and (v > 0 or v == -1), "a positive integer or -1"),
     "symmetric": (lambda v: isinstance(v, bool), "true or false"),
-    "algorithm": (lambda v: v in ("rtn", "gptq", "awq"), "one of rtn, gptq, awq"),
+    "algorithm": (lambda v: v in ALGORITHMS, f"one of {', '.join(ALGORITHMS)}"),
     "source_dtype": (lambda v: v in _DTYPES, f"one of {', '.join(sorted(_DTYPES))}"),
     "shape": (_dims((2,)), "two positive sizes"),
     "kernel_shape": (_dims((2, 3)), "two or three positive sizes"),
@@ -314,8 +314,8 @@ def _block_attr(path: str | None, where: str) -> str | None:
 
 
 def _algorithm_options(options) -> dict | None:
-    if options.mode == "none" or options.algorithm == "rtn":
-        return None
+    if options.mode == "none" or options.algorithm not in ("gptq", "awq"):
+        return None  # rtn and imatrix take no options
     from hubquant.calibrate.calibration import algorithm_options
 
     return algorithm_options(options.algorithm, dict(getattr(options, options.algorithm)))

@@ -260,7 +260,7 @@ ROWS = {
     ),
     "unknown_algorithm": Row(
         f"{APPLY} {{in}}/c.yaml",
-        "{in}/c.yaml: default: key 'algorithm': expected one of: rtn, gptq, awq. "
+        "{in}/c.yaml: default: key 'algorithm': expected one of: rtn, gptq, awq, imatrix. "
         "Received: algorithm='spqr'",
         _config("default: {mode: int4, algorithm: spqr}\n"),
     ),

@@ -43,7 +43,7 @@ def tokens():
 def quantized(tokens):
     """The tiny Llama quantized by each algorithm (and float), built once."""
     models = {"float": _llama()}
-    for algorithm in ("rtn", "gptq", "awq"):
+    for algorithm in ("rtn", "gptq", "awq", "imatrix"):
         lm = _llama()
         plan = hubquant.plan_for(lm, parse_config(_config(algorithm), "c.yaml"))
         models[algorithm] = (lm, hubquant.apply_plan(lm, plan, calibration=tokens[0]))
@@ -60,6 +60,14 @@ def test_calibrated_beats_round_to_nearest_on_held_out_inputs(quantized, tokens,
     reference = quantized["float"]
     rtn = _relative_error(quantized["rtn"][0], reference, tokens[1])
     assert _relative_error(quantized[algorithm][0], reference, tokens[1]) < 0.8 * rtn
+
+
+def test_imatrix_beats_round_to_nearest_on_held_out_inputs(quantized, tokens):
+    """The same rounding, each input channel weighted by its mean x^2: the outlier
+    channels' weights are kept closer, and the outputs follow."""
+    reference = quantized["float"]
+    rtn = _relative_error(quantized["rtn"][0], reference, tokens[1])
+    assert _relative_error(quantized["imatrix"][0], reference, tokens[1]) < 0.9 * rtn
 
 
 LAYERS = (
@@ -80,7 +88,7 @@ class _Rows:
         self.x = np.asarray(x)
 
 
-@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+@pytest.mark.parametrize("algorithm", ["gptq", "awq", "imatrix"])
 def test_layer_output_error_below_rtn(quantized, tokens, algorithm):
     """Block 1's layers, on the float model's held-out inputs to each layer."""
     from hubquant.calibrate.blocks import recording
@@ -148,7 +156,7 @@ def test_deterministic_for_fixed_inputs(quantized, tokens):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+@pytest.mark.parametrize("algorithm", ["gptq", "awq", "imatrix"])
 def test_save_and_load_bitwise(quantized, tokens, algorithm, tmp_path):
     lm = quantized[algorithm][0]
     hubquant.save(lm, tmp_path / "out", formats=("preset", "safetensors"))

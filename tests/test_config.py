@@ -237,7 +237,7 @@ def test_optional_rules_are_never_reported_unmatched():
         ),
         (
             "rules:\n  - {algorithm: gptx}\n",
-            "c.yaml: rule 1: key 'algorithm': expected one of: rtn, gptq, awq. "
+            "c.yaml: rule 1: key 'algorithm': expected one of: rtn, gptq, awq, imatrix. "
             "Received: algorithm='gptx'",
         ),
         (

@@ -68,7 +68,8 @@ def test_any_text_gives_a_config_or_a_config_error(text):
 
 
 @pytest.mark.slow
-def test_a_run_killed_while_writing_leaves_nothing_loadable(tmp_path, float_presets):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_run_killed_while_writing_leaves_nothing_loadable(tmp_path, float_presets, sig):
     target = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -85,19 +86,29 @@ def test_a_run_killed_while_writing_leaves_nothing_loadable(tmp_path, float_pres
         "preset,keras,safetensors",
         "--quiet",
     ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "KERAS_BACKEND": "jax"})
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()):
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, sig)
             break
         time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    err = proc.communicate()[1]
     assert not target.exists()
+    if sig == signal.SIGTERM:  # handled as Ctrl-C: cleaned up, and said so
+        assert proc.returncode == 143, "the run finished before it could be stopped"
+        assert err.endswith("hubquant: terminated; nothing was written.\n")
+        assert not list(tmp_path.glob(".out.*"))
+        return
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     for partial in tmp_path.glob(".out.partial-*"):
         with pytest.raises(ArtefactError):
             hubquant.load(partial)
+    # The next run of the same output removes what the killed one left.
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0
+    assert not list(tmp_path.glob(".out.*"))
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -6,12 +6,12 @@ import numpy as np
 
 from hubquant.calibrate.blocks import ActivationStats, HessianStats
 from hubquant.plan import PlanEntry
-from hubquant.quantizers import QuantizedMatrix
+from hubquant.quantizers import QuantizedMatrix, quantize
 
 
 def new_stats(entry: PlanEntry):
     k = entry.shape[1]
-    if entry.algorithm == "gptq":
+    if entry.algorithm in ("gptq", "imatrix"):
         return HessianStats(k)
     return ActivationStats(k)
 
@@ -30,9 +30,12 @@ def quantize_matrix(
     w: np.ndarray, entry: PlanEntry, stats
 ) -> tuple[QuantizedMatrix, np.ndarray | None]:
     """Codes of ``w`` ``[N, K]`` by the entry's algorithm, and (AWQ) the input
-    multiplier ``[K]``. ``stats``: ``hessian()`` for GPTQ; ``magnitude()`` and
-    ``gram()`` for AWQ."""
+    multiplier ``[K]``. ``stats``: ``hessian()`` for GPTQ and imatrix;
+    ``magnitude()`` and ``gram()`` for AWQ."""
     options = entry.algorithm_options or {}
+    if entry.algorithm == "imatrix":  # round to nearest, the search weighted by mean x^2
+        importance = np.diagonal(stats.hessian()).astype(np.float32)
+        return quantize(w, entry.mode, entry.group_size, entry.symmetric, importance), None
     if entry.algorithm == "gptq":
         from hubquant.calibrate.gptq import gptq_quantize
 

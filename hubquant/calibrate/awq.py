@@ -114,7 +114,7 @@ def _fake_quant(w, gs: int, symmetric: bool, bits: int, ratio=1.0):
     n, k = w.shape
     g = -(-k // gs)
     grouped = jnp.pad(w, ((0, 0), (0, g * gs - k))).reshape(n, g, gs)
-    q, scale, zero, _ = quantizers._candidate(grouped, ratio, symmetric, bits)
+    q, scale, zero, _ = quantizers._candidate(grouped, 1.0, ratio, symmetric, bits)
     deq = (q - zero[..., None]) * scale[..., None]
     return deq.reshape(n, g * gs)[:, :k]
 
@@ -152,7 +152,7 @@ def _clipped_int4(w, gram, gs: int, group_size: int, symmetric: bool) -> Quantiz
 @functools.partial(jax.jit, static_argnames=("symmetric",))
 def _clip_search(w, blocks, *, symmetric):
     def candidate(ratio):
-        q, scale, zero, _ = quantizers._candidate(w, ratio, symmetric, 4)
+        q, scale, zero, _ = quantizers._candidate(w, 1.0, ratio, symmetric, 4)
         d = (q - zero[..., None]) * scale[..., None] - w
         err = jnp.einsum("ngi,gij,ngj->ng", d, blocks, d, precision=lax.Precision.HIGHEST)
         return q, scale, zero, err

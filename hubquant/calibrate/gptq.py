@@ -8,7 +8,7 @@ one block-level matrix product that carries the block's errors to every later
 column (the "lazy batch" update).
 
 Group scales and zero points are hubquant's round-to-nearest ones
-(docs/format.md: the clipping search and least-squares refits; with
+(docs/format.md: the weighted clipping search; with
 ``search=False`` plain min/max, as in the reference), computed from the
 error-updated weights when the sweep reaches a group's first column. With
 ``act_order`` (columns visited by decreasing Hessian diagonal) the groups are
@@ -139,10 +139,10 @@ def _group_params(w, symmetric: bool, bits: int, search: bool):
     """Scale and zero point per group of ``w`` ``[..., gs]``."""
     if search:
         _, scale, zero = quantizers._grid_chunk(
-            w, symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
+            w, jnp.ones_like(w), symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
         )
         return scale, zero.astype(w.dtype)
-    _, scale, zero, _ = quantizers._candidate(w, 1.0, symmetric, bits)
+    _, scale, zero, _ = quantizers._candidate(w, jnp.ones_like(w), 1.0, symmetric, bits)
     return scale, zero
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +19,8 @@ from hubquant.errors import OutputError
 
 def check_target(target: Path, overwrite: bool) -> None:
     """Refuse an output that exists and is not empty, unless told to replace it."""
+    if target.parent == target:
+        raise OutputError(f"output '{target}' is a filesystem root; give a folder to write.")
     if target.exists() and not target.is_dir():
         raise OutputError(f"output '{target}' exists and is a file; give a folder path.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
@@ -30,15 +33,19 @@ def check_target(target: Path, overwrite: bool) -> None:
 def staged_output(target: str | Path, overwrite: bool = False):
     """Yield a temporary folder; on success it becomes ``target``."""
     target = Path(target).absolute()
+    if target.is_symlink():  # write where the link points; the link stays
+        target = target.resolve()
     check_target(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        _remove_stale(target)
+        prefix = f".{target.name}.partial-{os.getpid()}-"
+        stage = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     except OSError as e:
         raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
     try:
         yield stage
-        _replace(stage, target)
+        _replace(stage, target, overwrite)
     except OSError as e:
         shutil.rmtree(stage, ignore_errors=True)
         raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
@@ -47,9 +54,43 @@ def staged_output(target: str | Path, overwrite: bool = False):
         raise
 
 
-def _replace(stage: Path, target: Path) -> None:
+def _remove_stale(target: Path) -> None:
+    """Remove staging folders of ``target`` left by runs that were killed (their
+    process is gone)."""
+    for kind in ("partial", "old"):
+        for path in target.parent.glob(f".{target.name}.{kind}-*"):
+            pid = path.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _replace(stage: Path, target: Path, overwrite: bool) -> None:
+    if not overwrite:
+        # rename(2) replaces an empty folder and refuses a non-empty one: a
+        # second run that finished first is never silently replaced.
+        try:
+            stage.rename(target)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            shutil.rmtree(stage, ignore_errors=True)
+            raise OutputError(
+                f"output '{target}' was written by someone else while this run worked; "
+                "nothing was replaced. Pass --overwrite to replace it."
+            ) from None
+        return
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{stage.name[-8:]}")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{stage.name[-8:]}")
         target.rename(old)
         stage.rename(target)
         shutil.rmtree(old, ignore_errors=True)

@@ -91,8 +91,11 @@ def int4_matrix(parts: list, spec):
 
 
 def _group_width(spec) -> int:
-    """Group size as computed (a per-channel odd ``K`` is padded by one)."""
-    return spec.k + spec.k % 2 if spec.group_size == -1 else spec.group_size
+    """Group size as computed (one group of ``K`` when the group size is -1 or at
+    least ``K``; an odd ``K`` is then padded by one)."""
+    if spec.group_size == -1 or spec.group_size >= spec.k:
+        return spec.k + spec.k % 2
+    return spec.group_size
 
 
 def _pad_last(x, width: int):
