@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 import hubquant  # noqa: E402  (first hubquant import quiets TensorFlow)
 from hubquant.config import load_config, parse_config  # noqa: E402
+from hubquant.text import token_ids  # noqa: E402
 
 # hubquant rows: name -> config text ({calibration} is the calibration section).
 _TABLE = "  - match: {role: 'embed*'}\n    mode: int8\n  - match: {role: lm_head}\n    mode: int8\n"
@@ -54,17 +55,14 @@ KERAS_ROWS = ("keras_int8", "keras_int4")
 def load_model(folder: str):
     import keras_hub
 
-    return keras_hub.models.CausalLM.from_preset(folder, dtype="float32")
+    model = keras_hub.models.CausalLM.from_preset(folder, dtype="float32")
+    object.__setattr__(model, "hubquant_source", folder)  # calibration: its own tokenizer
+    return model
 
 
 def tokenize(folder: str, model, text: str) -> np.ndarray:
     """Token ids of ``text`` with the folder's own tokenizer."""
-    path = Path(folder) / "tokenizer.json"
-    if path.is_file():
-        import tokenizers
-
-        return np.asarray(tokenizers.Tokenizer.from_file(str(path)).encode(text).ids, "int32")
-    return np.asarray(keras.ops.convert_to_numpy(model.preprocessor.tokenizer(text)), "int32")
+    return token_ids(model.preprocessor.tokenizer, text, folder)
 
 
 def windows_of(ids: np.ndarray, seq_len: int, count: int) -> np.ndarray:

@@ -42,9 +42,13 @@ class Comparison:
         )
 
 
-def token_windows(tokenizer, text: str, seq_len: int, windows: int) -> np.ndarray:
-    """``windows`` non-overlapping runs of ``seq_len + 1`` tokens from the start."""
-    ids = np.asarray(ops.convert_to_numpy(tokenizer(text))).reshape(-1)
+def token_windows(tokenizer, text: str, seq_len: int, windows: int, source=None) -> np.ndarray:
+    """``windows`` non-overlapping runs of ``seq_len + 1`` tokens from the start
+    (tokenized as ``hubquant.text.token_ids`` does, with ``source``'s own tokenizer
+    where KerasHub's does not reproduce it)."""
+    from hubquant.text import token_ids
+
+    ids = token_ids(tokenizer, text, source)
     available = len(ids) // (seq_len + 1)
     if available < 1:
         raise HubquantError(
@@ -98,7 +102,7 @@ def evaluate(
     if tokenizer is None:
         raise HubquantError(f"preset '{preset}' has no tokenizer; eval needs a causal LM preset.")
     _check_vocabularies(float_lm, quantized_lm, preset, quantized)
-    data = token_windows(tokenizer, text, seq_len, windows)
+    data = token_windows(tokenizer, text, seq_len, windows, source=preset)
     return compare(float_lm, quantized_lm, data)
 
 

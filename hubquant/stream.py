@@ -175,6 +175,7 @@ def build_unloaded(preset: str):
     except Exception as e:
         raise PresetError(_first_line(preset, e)) from None
     _check_weight_bytes(model, preset)
+    object.__setattr__(model, "hubquant_source", preset)  # its own tokenizer.json, if any
     return model, loader
 
 

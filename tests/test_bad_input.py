@@ -328,6 +328,15 @@ ROWS = {
         "path (RE2 syntax: invalid perl operator: (?=). Received: match.path='(?=a).*'",
         _config("rules:\n  - match: {path: '(?=a).*'}\n    mode: int8\n"),
     ),
+    "calibration_past_any_machine": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: calibration asks for 100000000 x 512 = 51,200,000,000 tokens; hubquant "
+        "takes at most 4,194,304 (e.g. 8192 x 512): lower num_samples or seq_len.",
+        _config(
+            "default: {mode: int4, algorithm: gptq}\n"
+            "calibration: {files: [README.md], num_samples: 100000000}\n"
+        ),
+    ),
     "config_not_found": Row(
         f"{APPLY} int5",
         "config 'int5' not found: not a file and not a shipped config "

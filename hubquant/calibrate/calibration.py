@@ -45,6 +45,9 @@ ALGORITHM_OPTIONS = {
 }
 
 
+MAX_CALIBRATION_TOKENS = 1 << 22  # activations of 4M tokens already fill a large machine
+
+
 @dataclass(frozen=True)
 class Calibration:
     files: tuple[str, ...] = ()
@@ -76,7 +79,15 @@ def parse_calibration(raw: object, source: str) -> Calibration | None:
     if "seed" in raw and not (type(raw["seed"]) is int and raw["seed"] >= 0):
         raise ConfigError(message(where, "seed", "expected a non-negative integer", raw["seed"]))
     given = {k: raw[k] for k in ("num_samples", "seq_len", "seed") if k in raw}
-    return Calibration(files=tuple(files), source=source, **given)
+    cal = Calibration(files=tuple(files), source=source, **given)
+    tokens = cal.num_samples * cal.seq_len
+    if tokens > MAX_CALIBRATION_TOKENS:
+        raise ConfigError(
+            f"{source}: calibration asks for {cal.num_samples} x {cal.seq_len} = "
+            f"{tokens:,} tokens; hubquant takes at most {MAX_CALIBRATION_TOKENS:,} "
+            "(e.g. 8192 x 512): lower num_samples or seq_len."
+        )
+    return cal
 
 
 def check_algorithm_options(name: str, raw: dict, where: str) -> tuple:
@@ -148,8 +159,9 @@ def read_texts(cal: Calibration) -> str:
 
 def calibration_tokens(model, cal: Calibration) -> np.ndarray:
     """``[num_samples, seq_len]`` int32 token windows cut from the files at
-    seeded random offsets, tokenized with the model's own tokenizer."""
-    from keras import ops
+    seeded random offsets, tokenized with the model's own tokenizer (the source
+    folder's ``tokenizer.json`` where KerasHub's class does not reproduce it)."""
+    from hubquant.text import token_ids
 
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     if tokenizer is None:
@@ -157,7 +169,8 @@ def calibration_tokens(model, cal: Calibration) -> np.ndarray:
             "calibration needs the preset's tokenizer, and this model has none "
             "(a backbone without a preprocessor); load a task preset (e.g. a CausalLM)."
         )
-    ids = np.asarray(ops.convert_to_numpy(tokenizer(read_texts(cal)))).reshape(-1)
+    source = getattr(model, "hubquant_source", None)
+    ids = token_ids(tokenizer, read_texts(cal), source)
     if len(ids) < cal.seq_len:
         raise HubquantError(
             f"calibration text has {len(ids)} tokens, fewer than one window of "
