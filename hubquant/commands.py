@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from hubquant.errors import HubquantError
@@ -38,6 +39,8 @@ def apply(
         raise HubquantError("--output is required (or pass --dry-run). Received: output=None")
     if output is not None and not dry_run:
         check_target(Path(output).absolute(), overwrite)
+    if report:
+        _check_report(Path(report))
     config_obj = _with_calibration(load_config(config), calibration)
     recipe_obj = get_recipe(recipe) if recipe else None
     if preset is None:
@@ -101,6 +104,19 @@ def _quantize_with_progress(model, plan, pending, quiet: bool, config):
         else:
             plan = api.apply_plan(model, plan, on_layer=progress, calibration=config.calibration)
     return model, plan, progress.seconds
+
+
+def _check_report(path: Path) -> None:
+    """Refuse a --report that cannot be written, before the minutes of work."""
+    from hubquant.errors import OutputError
+
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise OutputError(f"cannot write report '{path}': it is a folder.")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write report '{path}': folder '{parent}' does not exist.")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"cannot write report '{path}': permission denied (read-only location?)")
 
 
 def _write_report(path: Path, data: dict) -> None:

@@ -378,6 +378,18 @@ ROWS = {
         "output '{in}/keep.txt' exists and is a file; give a folder path.",
         {"keep.txt": "mine"},
     ),
+    "report_in_a_missing_folder": Row(
+        f"{APPLY} int8 --report {{tmp}}/nope/r.json",
+        "cannot write report '{tmp}/nope/r.json': folder '{tmp}/nope' does not exist.",
+    ),
+    "report_is_a_folder": Row(
+        f"{APPLY} int8 --report {{in}}",
+        "cannot write report '{in}': it is a folder.",
+    ),
+    "output_is_the_root": Row(
+        f"{APPLY} int8 --output / --overwrite",
+        "output '/' is a filesystem root; give a folder to write.",
+    ),
     "unknown_format": Row(
         f"{APPLY} int8 --format preset,onnx",
         "unknown output format 'onnx'; accepted: preset, keras, safetensors, hf. "

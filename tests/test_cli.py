@@ -119,14 +119,24 @@ def test_report_json_has_roles_and_totals(capsys, tmp_path, float_presets):
 
 
 @pytest.mark.slow
-def test_same_inputs_give_the_same_bytes(tmp_path, float_presets):
-    """Two separate runs (as users make them) write byte-identical artefacts."""
+@pytest.mark.parametrize("source", ["gemma", "llama3-hf"])
+def test_same_inputs_give_the_same_bytes(tmp_path, float_presets, source):
+    """Two separate runs (as users make them) write byte-identical artefacts (from a
+    Hugging Face folder, KerasHub's Llama 3 converter lists special tokens in set
+    order)."""
     import hashlib
 
+    import keras_hub
+
+    preset = float_presets.get(source)
+    if preset is None:
+        preset = tmp_path / "hf"
+        lm = keras_hub.models.CausalLM.from_preset(str(float_presets["llama3"]))
+        lm.export_to_transformers(str(preset))
     digests = []
     for name in ("a", "b"):
         out = tmp_path / name
-        args = ["apply", "--preset", str(float_presets["gemma"]), "--config", "int4", "--quiet"]
+        args = ["apply", "--preset", str(preset), "--config", "int4", "--quiet"]
         result = _cli(
             *args, "--output", str(out), "--format", "preset,keras,safetensors", cwd=tmp_path
         )

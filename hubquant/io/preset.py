@@ -9,7 +9,11 @@ import keras
 from keras_hub.models import Backbone, Task
 
 from hubquant.errors import ArtefactError, first_line
-from hubquant.io.reproducible import normalize_keras_archive, normalize_metadata_json
+from hubquant.io.reproducible import (
+    normalize_keras_archive,
+    normalize_metadata_json,
+    normalize_preset_json,
+)
 from hubquant.plan import FORMAT_VERSION, Plan
 
 METADATA_FILE = "hubquant.json"
@@ -59,6 +63,7 @@ def save_preset(model, folder: Path) -> None:
     keep_special_tokens(model)
     model.save_to_preset(str(folder))
     normalize_metadata_json(folder / "metadata.json")
+    normalize_preset_json(folder)
 
 
 def save_keras(model, folder: Path) -> None:

@@ -22,6 +22,7 @@ from keras_hub.models import Task
 
 from hubquant.errors import ArtefactError
 from hubquant.io.names import asset_path, shard_names
+from hubquant.io.reproducible import ordered
 from hubquant.io.st_writer import spec_of, write_safetensors
 from hubquant.plan import FORMAT_VERSION
 
@@ -99,7 +100,9 @@ def _metadata(model, backbone) -> dict[str, str]:
         "recipe": json.dumps({"name": plan.recipe, "text": plan.recipe_text}),
         "config": json.dumps({"source": plan.config_source, "text": plan.config_text}),
         "plan": plan.to_json(),
-        "model_config": json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True),
+        "model_config": json.dumps(
+            ordered(keras.saving.serialize_keras_object(model)), sort_keys=True
+        ),
         "weights": json.dumps([v.path for v in backbone.weights]),
     }
 
