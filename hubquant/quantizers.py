@@ -212,23 +212,18 @@ def _grid_chunk(w, channel, symmetric: bool, bits: int, ratios: tuple[float, ...
     w = w / unit[..., None]
     magnitude = jnp.abs(w)
     weights = channel * (magnitude + jnp.mean(magnitude, axis=-1, keepdims=True))
-    best = _candidate(w, weights, ratios[0], symmetric, bits)
-
-    def keep_better(best, ratio):
-        cand = _candidate(w, weights, ratio, symmetric, bits)
-        better = cand[3] < best[3]
-        q = jnp.where(better[..., None], cand[0], best[0])
-        rest = (jnp.where(better, c, b) for c, b in zip(cand[1:], best[1:], strict=False))
-        return (q, *rest), None
-
-    if len(ratios) > 1:
-        best, _ = jax.lax.scan(keep_better, best, jnp.asarray(ratios[1:]))
-    codes, scale, zero, _ = best
+    # Each ratio's error per group is one fused reduction (nothing chunk-sized is
+    # kept per ratio); the codes are then made once, at each group's best ratio.
+    # argmin keeps the first of equal errors, so plain min/max wins ties.
+    errors = jnp.stack([_candidate(w, weights, r, symmetric, bits)[3] for r in ratios])
+    best = jnp.asarray(ratios, w.dtype)[jnp.argmin(errors, axis=0)]
+    codes, scale, zero, _ = _candidate(w, weights, best, symmetric, bits)
     return codes.astype(jnp.int8), scale * unit, zero.astype(jnp.int8)
 
 
 def _candidate(w, weights, ratio, symmetric: bool, bits: int):
-    """Codes, scale, zero and weighted squared error for one clipping ratio.
+    """Codes, scale, zero and weighted squared error for one clipping ratio
+    (a number, or one per group).
 
     Symmetric codes span [-(2^(b-1) - 1), 2^(b-1) - 1] (int4 also uses -8);
     asymmetric ones [-2^(b-1), 2^(b-1) - 1] around an integer zero point.
