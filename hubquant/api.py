@@ -79,11 +79,20 @@ def save(
 
     plan = backbone_of(model).hubquant_plan
     writers = preset.writers(formats)
-    with staged_output(output, overwrite) as stage:
+    weights = sum(_nbytes(v) for v in model.weights)
+    with staged_output(output, overwrite, needs=weights * len(writers)) as stage:
         for write in writers:
             write(model, stage)
         preset.write_metadata(stage, plan, formats)
     return Path(output)
+
+
+def _nbytes(variable) -> int:
+    import math
+
+    import numpy as np
+
+    return math.prod(variable.shape) * np.dtype(variable.dtype).itemsize
 
 
 def load(path: str | Path):

@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 import hubquant
 from hubquant import cli
 from hubquant.errors import ArtefactError, ConfigError
-from hubquant.io import st_writer
+from hubquant.io import output, st_writer
 
 APPLY = "apply --preset {gemma} --output {out} --config"
 BLOCKS = "block index {} is out of range: this model has 2 blocks (indices -2 to 1)"
@@ -399,6 +399,14 @@ ROWS = {
         f"{APPLY} int8 --format preset,safetensors --quiet",
         "cannot write output '{out}': permission denied (read-only location?)",
         prepare=_failing_write(PermissionError(errno.EACCES, "Permission denied")),
+    ),
+    "disk_too_full_to_start": Row(
+        f"{APPLY} int8 --format preset,safetensors --quiet",
+        "cannot write output '{out}': no space left on the device (about 1.3 MiB needed, "
+        "0.2 MiB free)",
+        prepare=lambda _, mp: mp.setattr(
+            output.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 200_000)
+        ),
     ),
     "disk_full_mid_write": Row(
         f"{APPLY} int8 --format preset,safetensors --quiet",

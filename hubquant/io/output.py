@@ -30,15 +30,19 @@ def check_target(target: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(target: str | Path, overwrite: bool = False):
-    """Yield a temporary folder; on success it becomes ``target``."""
+def staged_output(target: str | Path, overwrite: bool = False, needs: int = 0):
+    """Yield a temporary folder; on success it becomes ``target``. ``needs``: the
+    bytes about to be written, checked against the free space first (HDF5 can
+    crash the process when a disk fills under it)."""
     target = Path(target).absolute()
     if target.is_symlink():  # write where the link points; the link stays
         target = target.resolve()
     check_target(target, overwrite)
+    created = [p for p in target.parents if not p.exists()]  # deepest first
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(target)
+        _check_space(target, needs, created)
         prefix = f".{target.name}.partial-{os.getpid()}-"
         stage = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     except OSError as e:
@@ -52,6 +56,17 @@ def staged_output(target: str | Path, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _check_space(target: Path, needs: int, created: list[Path]) -> None:
+    free = shutil.disk_usage(target.parent).free
+    if needs + (1 << 20) > free:  # a MiB for metadata and tokenizer files
+        for folder in created:  # leave nothing behind, not even the parents made
+            folder.rmdir()
+        raise OutputError(
+            f"cannot write output '{target}': no space left on the device (about "
+            f"{(needs + (1 << 20)) / 2**20:,.1f} MiB needed, {free / 2**20:,.1f} MiB free)"
+        )
 
 
 def _remove_stale(target: Path) -> None:
