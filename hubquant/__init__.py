@@ -5,9 +5,8 @@ import os as _os
 # KerasHub imports TensorFlow (for tf.text); keep its C++ start-up chatter quiet.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-__version__ = "0.1.0"
-
 from hubquant._quiet import native_stderr_silenced as _silenced
+from hubquant._version import __version__ as __version__
 
 with _silenced():
     import keras_hub as _keras_hub  # noqa: F401

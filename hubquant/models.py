@@ -18,6 +18,7 @@ import keras_hub
 from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 from keras_hub.models import Backbone, Task
 
+from hubquant._version import __version__
 from hubquant.errors import HubquantError
 from hubquant.plan import Plan
 
@@ -38,7 +39,6 @@ class HubquantBackboneMixin:
         finally:
             self._dtype_policy = saved
         config.update(dropped_arguments(self, config))
-        from hubquant import __version__
 
         config["hubquant"] = {"plan": self.hubquant_plan.to_dict(), "version": __version__}
         return config

@@ -25,6 +25,7 @@ import numpy as np
 from jax import lax
 
 from hubquant import quantizers
+from hubquant.calibrate.calibration import default
 from hubquant.quantizers import QuantizedMatrix
 
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.5, 11))
@@ -42,8 +43,8 @@ def awq_quantize(
     mode: str,
     group_size: int = 128,
     symmetric: bool = False,
-    grid: int = 20,
-    clip: bool = False,
+    grid: int = default("awq", "grid"),
+    clip: bool = default("awq", "clip"),
     scale: np.ndarray | None = None,
 ) -> tuple[QuantizedMatrix, np.ndarray]:
     """Codes of ``w * s`` and the input multiplier ``1 / s`` ``[K]``.
@@ -71,7 +72,7 @@ def awq_group_scale(
     layers: list[tuple[np.ndarray, str, int, bool]],
     magnitude: np.ndarray,
     gram: np.ndarray,
-    grid: int = 20,
+    grid: int = default("awq", "grid"),
 ) -> np.ndarray:
     """One scale ``s`` ``[K]`` for layers reading the same input: ``alpha``
     with the lowest summed output error. ``layers``: (w, mode, group_size,

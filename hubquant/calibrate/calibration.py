@@ -105,6 +105,11 @@ def check_algorithm_options(name: str, raw: dict, where: str) -> tuple:
     return tuple(sorted(raw.items()))
 
 
+def default(algorithm: str, option: str):
+    """The default of one option of ``algorithm`` (stated once, in ALGORITHM_OPTIONS)."""
+    return ALGORITHM_OPTIONS[algorithm][option][0]
+
+
 def algorithm_options(algorithm: str, given: dict | None) -> dict:
     """Every option of ``algorithm`` (``gptq`` or ``awq``), defaults filled in."""
     defaults = {k: d for k, (d, _, _) in ALGORITHM_OPTIONS[algorithm].items()}

@@ -18,6 +18,7 @@ from hubquant.calibrate import experts, fold
 from hubquant.calibrate.calibration import (
     Calibration,
     calibration_tokens,
+    default,
     require_calibration,
 )
 from hubquant.plan import Plan, PlanEntry
@@ -227,14 +228,14 @@ class _BlockStep:
         stat = self.stats[attrs[0]]
         magnitude, gram = stat.magnitude(), stat.gram()
         ws = [_kernel_matrix(self.layers[a]) for a in attrs]
-        grid = (entries[0].algorithm_options or {}).get("grid", 20)
+        grid = (entries[0].algorithm_options or {}).get("grid", default("awq", "grid"))
         layers = [(w, e.mode, e.group_size, e.symmetric) for w, e in zip(ws, entries, strict=True)]
         s = awq_group_scale(layers, magnitude, gram, grid)
         why = divide(s)
         if why:
             return why
         for attr, w, e in zip(attrs, ws, entries, strict=True):
-            clip = (e.algorithm_options or {}).get("clip", False)
+            clip = (e.algorithm_options or {}).get("clip", default("awq", "clip"))
             matrix, _ = awq_quantize(
                 w, magnitude, gram, e.mode, e.group_size, e.symmetric, clip=clip, scale=s
             )

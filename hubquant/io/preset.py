@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 from keras_hub.models import Backbone, Task
 
+from hubquant._version import __version__
 from hubquant.errors import ArtefactError, first_line
 from hubquant.io.reproducible import (
     normalize_keras_archive,
@@ -43,8 +44,6 @@ def writers(formats) -> list:
 
 
 def write_metadata(folder: Path, plan: Plan, formats) -> None:
-    from hubquant import __version__
-
     meta = {
         "format_version": FORMAT_VERSION,
         "hubquant_version": __version__,

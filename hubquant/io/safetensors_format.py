@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras_hub.models import Task
 
+from hubquant._version import __version__
 from hubquant.errors import ArtefactError
 from hubquant.io.names import asset_path, shard_names
 from hubquant.io.reproducible import ordered
@@ -90,8 +91,6 @@ def is_safetensors_folder(folder: Path) -> bool:
 
 
 def _metadata(model, backbone) -> dict[str, str]:
-    from hubquant import __version__
-
     plan = backbone.hubquant_plan
     return {
         "format": "hubquant",
