@@ -76,23 +76,16 @@ def save(
     """Write a quantized model into the folder ``output``, all or nothing."""
     from hubquant.io import preset
     from hubquant.io.output import staged_output
+    from hubquant.io.safetensors_format import nbytes
 
     plan = backbone_of(model).hubquant_plan
     writers = preset.writers(formats)
-    weights = sum(_nbytes(v) for v in model.weights)
+    weights = sum(nbytes(v) for v in model.weights)
     with staged_output(output, overwrite, needs=weights * len(writers)) as stage:
         for write in writers:
             write(model, stage)
         preset.write_metadata(stage, plan, formats)
     return Path(output)
-
-
-def _nbytes(variable) -> int:
-    import math
-
-    import numpy as np
-
-    return math.prod(variable.shape) * np.dtype(variable.dtype).itemsize
 
 
 def load(path: str | Path):

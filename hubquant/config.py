@@ -301,7 +301,6 @@ def read_yaml(text: str, source: str, error: type[Exception]) -> object:
 def _check_bounds(text: str, source: str, error: type[Exception]) -> None:
     sizes: dict[str, int] = {}  # anchor -> values its node expands to
     open_nodes: list[list] = []  # [anchor, values so far] of each open list or mapping
-    total = 0
     for event in yaml.parse(text, Loader=_StrictLoader):
         if isinstance(event, yaml.CollectionStartEvent):
             open_nodes.append([event.anchor, 1])
@@ -321,10 +320,9 @@ def _check_bounds(text: str, source: str, error: type[Exception]) -> None:
             continue
         if anchor is not None:
             sizes[anchor] = size
-        if open_nodes:
+        if open_nodes:  # a node's values were counted while it was open
             open_nodes[-1][1] += size
-        total = max(total, size)
-        if total > MAX_YAML_VALUES or (open_nodes and open_nodes[-1][1] > MAX_YAML_VALUES):
+        if open_nodes and open_nodes[-1][1] > MAX_YAML_VALUES:
             raise error(
                 f"{source}: line {event.start_mark.line + 1}: YAML expands to more than "
                 f"{MAX_YAML_VALUES:,} values through aliases; hubquant refuses it."

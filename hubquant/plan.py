@@ -8,11 +8,11 @@ what the config meant.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from hubquant import quantizers
-from hubquant.config import ALGORITHMS, Config
-from hubquant.errors import ConfigError, RecipeError
+from hubquant.config import ALGORITHMS, MODES, Config
+from hubquant.errors import ArtefactError, ConfigError, RecipeError
 from hubquant.paths import layer_list, variable_of, walk
 from hubquant.recipe import Recipe, RoleSpec
 
@@ -107,7 +107,9 @@ def _optional(kind: type):
     return lambda v: v is None or isinstance(v, kind)
 
 
-# A saved entry's keys and what each must hold (a Plan in a shared file is data).
+# A saved entry's keys and what each must hold (a Plan in a shared file is data);
+# keys with a default in PlanEntry may be absent.
+_ENTRY_DEFAULTS = {f.name for f in fields(PlanEntry) if f.default is not MISSING}
 _ENTRY_CHECKS = {
     "path": (lambda v: isinstance(v, str), "a string"),
     "attr": (lambda v: isinstance(v, str), "a string"),
@@ -115,7 +117,7 @@ _ENTRY_CHECKS = {
     "block": (lambda v: v is None or (type(v) is int and v >= 0), "a block index or null"),
     "matrix": (lambda v: isinstance(v, str), "a string"),
     "layer": (lambda v: isinstance(v, str), "a string"),
-    "mode": (lambda v: v in ("none", "int8", "int4"), "one of none, int8, int4"),
+    "mode": (lambda v: v in MODES, f"one of {', '.join(MODES)}"),
     "group_size": (lambda v: type(v) is int and (v > 0 or v == -1), "a positive integer or -1"),
     "symmetric": (lambda v: isinstance(v, bool), "true or false"),
     "algorithm": (lambda v: v in ALGORITHMS, f"one of {', '.join(ALGORITHMS)}"),
@@ -132,16 +134,14 @@ _ENTRY_CHECKS = {
 
 
 def _checked_entry(data: object, number: int) -> dict:
-    from hubquant.errors import ArtefactError
-
     where = f"the saved Plan's entry {number}"
     if not isinstance(data, dict):
         raise ArtefactError(f"{where} is {type(data).__name__}; expected a mapping.")
-    optional = {"hf", "algorithm_options", "input_norm", "folded_into", "input_from"}
-    for key in data.keys() - _ENTRY_CHECKS.keys():
-        raise ArtefactError(f"{where} has unknown key {key!r}.")
+    unknown = sorted(data.keys() - _ENTRY_CHECKS.keys())
+    if unknown:
+        raise ArtefactError(f"{where} has unknown key {unknown[0]!r}.")
     for key, (check, expected) in _ENTRY_CHECKS.items():
-        if key not in data and key in optional:
+        if key not in data and key in _ENTRY_DEFAULTS:
             continue
         if key not in data or not check(data[key]):
             raise ArtefactError(f"{where} has {key}={data.get(key)!r}; expected {expected}.")
@@ -195,8 +195,6 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
-        from hubquant.errors import ArtefactError
-
         version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else None
         if type(version) is not int:
             raise ArtefactError(f"the saved Plan's format_version is {version!r}; expected 1.")

@@ -133,8 +133,9 @@ def quantize_int4(
     step = max(1, _CHUNK_ELEMENTS // (g * gs))
     bucket = max(_MIN_CHUNK_GROUPS, 1 << (min(n, step) * g - 1).bit_length())
     fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=CLIP_RATIOS)
-    channel = np.ones(g * gs, np.float32)
+    channel = None
     if importance is not None:
+        channel = np.ones(g * gs, np.float32)
         channel[:k] = np.asarray(importance, np.float32)
     parts = []
     for start in range(0, n, step):
@@ -145,15 +146,18 @@ def quantize_int4(
     return QuantizedMatrix(codes, scale, None if symmetric else zero)
 
 
-def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int, channel: np.ndarray):
-    """One block of rows: padded to whole groups, run as ``bucket`` groups."""
+def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int, channel: np.ndarray | None):
+    """One block of rows: padded to whole groups, run as ``bucket`` groups;
+    ``channel`` ``[G * gs]`` laid out the same way (None: every weight 1)."""
     r, k = w.shape
     flat = np.zeros((bucket, 1, gs), np.float32)
     flat[: r * g].reshape(r, g * gs)[:, :k] = w
-    weights = np.ones((bucket, 1, gs), np.float32)
-    weights[: r * g] = np.broadcast_to(channel.reshape(1, g, 1, gs), (r, g, 1, gs)).reshape(
-        r * g, 1, gs
-    )
+    weights = np.float32(1)
+    if channel is not None:
+        weights = np.ones((bucket, 1, gs), np.float32)
+        weights[: r * g] = np.broadcast_to(channel.reshape(1, g, 1, gs), (r, g, 1, gs)).reshape(
+            r * g, 1, gs
+        )
     codes, scale, zero = (
         np.asarray(p)[: r * g] for p in fn(jnp.asarray(flat), jnp.asarray(weights))
     )
@@ -198,7 +202,7 @@ def _grid_chunk(w, channel, symmetric: bool, bits: int, ratios: tuple[float, ...
     """Best of the clipped candidates per group, by weighted squared error.
 
     ``w`` is ``[rows, G, gs]``, ``channel`` a weight per value of the same shape
-    (ones without calibration); returns signed codes, scales and zero points.
+    (or 1, without calibration); returns signed codes, scales and zero points.
     Each value's error counts by ``channel * (|w| + mean |w| of its group)``:
     large weights matter more to a layer's outputs than their share of the
     squared error says. A group whose largest magnitude passes 2^32 is first

@@ -139,10 +139,10 @@ def _group_params(w, symmetric: bool, bits: int, search: bool):
     """Scale and zero point per group of ``w`` ``[..., gs]``."""
     if search:
         _, scale, zero = quantizers._grid_chunk(
-            w, jnp.ones_like(w), symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
+            w, 1.0, symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
         )
         return scale, zero.astype(w.dtype)
-    _, scale, zero, _ = quantizers._candidate(w, jnp.ones_like(w), 1.0, symmetric, bits)
+    _, scale, zero, _ = quantizers._candidate(w, 1.0, 1.0, symmetric, bits)
     return scale, zero
 
 

@@ -122,16 +122,17 @@ def _tensor_sources(model, backbone) -> dict[str, object]:
 def _shards(sources: dict, max_bytes: int) -> list[dict]:
     shards, size = [{}], 0
     for name, source in sources.items():
-        nbytes = _nbytes(source)
-        if shards[-1] and size + nbytes > max_bytes:
+        count = nbytes(source)
+        if shards[-1] and size + count > max_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = source
-        size += nbytes
+        size += count
     return shards
 
 
-def _nbytes(source) -> int:
+def nbytes(source) -> int:
+    """Bytes of an array or a variable, without reading the variable."""
     if isinstance(source, np.ndarray):
         return source.nbytes
     return int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize
