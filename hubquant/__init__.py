@@ -11,8 +11,7 @@ from hubquant._version import __version__ as __version__
 with _silenced():
     import keras_hub as _keras_hub  # noqa: F401
 
-from hubquant import models as _models
-from hubquant.api import apply_plan, export, load, plan_for, quantize, save
+from hubquant import registered as _registered
 from hubquant.errors import (
     ArtefactError,
     ConfigError,
@@ -24,7 +23,26 @@ from hubquant.errors import (
 from hubquant.io import tokenizers as _tokenizers  # noqa: F401  (registers classes)
 from hubquant.plan import Plan, PlanEntry
 
-_models.register_all()
+# Registered classes exist as soon as hubquant is imported, so artefacts load
+# through plain ``keras.saving.load_model`` and ``from_preset`` too.
+_registered.register_all()
+
+# The library's calls (``hubquant.api``) load on first use: ``import
+# hubquant.quantizers`` and other leaf modules do not pull in the whole house.
+_API = ("apply", "apply_plan", "export", "load", "plan_for", "prepare", "quantize", "save")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from hubquant import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hubquant' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
+
 
 __all__ = [
     "ArtefactError",
@@ -35,10 +53,12 @@ __all__ = [
     "PlanEntry",
     "PresetError",
     "RecipeError",
+    "apply",
     "apply_plan",
     "export",
     "load",
     "plan_for",
+    "prepare",
     "quantize",
     "save",
 ]

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keras_hub.models import Task
-
-from hubquant import models, surgery
-from hubquant.config import Config, load_config
-from hubquant.plan import Plan, resolve_plan
-from hubquant.recipe import Recipe, get_recipe, recipe_for_backbone
-
-
-def plan_for(
-    model,
-    config: Config | str | Path,
-    recipe: Recipe | str | Path | None = None,
-    strict: bool = False,
-) -> Plan:
-    """Resolve the Plan for a float model without changing it."""
-    models.require_float(model)
-    backbone = backbone_of(model)
-    if not isinstance(config, Config):
-        config = load_config(config)
-    if recipe is not None and not isinstance(recipe, Recipe):
-        recipe = get_recipe(recipe)
-    names = [c.__name__ for c in type(backbone).__mro__]
-    recipe = recipe_for_backbone(names, extra=recipe)
-    return resolve_plan(backbone, recipe, config, strict=strict)
+from hubquant import registered, stream, surgery
+from hubquant.calibrate.run import calibrate_plan, needs_calibration
+from hubquant.config import Config
+from hubquant.paths import backbone_of
+from hubquant.plan import Plan
+from hubquant.planning import plan_for
+from hubquant.recipe import Recipe
+from hubquant.stream import Pending
 
 
 def quantize(
@@ -38,33 +22,62 @@ def quantize(
     on_layer=None,
 ) -> Plan:
     """Quantize a KerasHub task or backbone in place; return the Plan used."""
-    plan = plan_for(model, config, recipe, strict)
-    calibration = config.calibration if isinstance(config, Config) else None
-    return apply_plan(model, plan, on_layer=on_layer, calibration=calibration)
+    return apply_plan(model, plan_for(model, config, recipe, strict), on_layer=on_layer)
 
 
 def apply_plan(model, plan: Plan, on_layer=None, calibration=None) -> Plan:
     """Surgery then quantization, as the Plan says; returns the Plan as applied.
 
-    Entries with a calibrated algorithm (GPTQ, AWQ) run block by block on
-    ``calibration`` (default: the ``calibration:`` section of the Plan's config);
+    Entries with a calibrated algorithm (GPTQ, AWQ, imatrix) run block by block
+    on ``calibration`` (default: the calibration the Plan carries, from its
+    config; or token ids ``[samples, seq_len]``);
     where one falls back to round-to-nearest, the returned Plan says so and
     carries a note.
     """
-    from hubquant.calibrate.run import calibrate_plan, needs_calibration
-
     backbone = backbone_of(model)
     surgery.swap_layers(backbone, plan)
     if needs_calibration(plan):
         plan = calibrate_plan(model, plan, calibration, on_layer=on_layer)
     else:
         surgery.quantize_layers(backbone, plan, on_layer=on_layer)
-    models.mark_quantized(model, plan)
+    registered.mark_quantized(model, plan)
     return plan
 
 
-def backbone_of(model):
-    return model.backbone if isinstance(model, Task) else model
+def prepare(
+    preset: str | Path,
+    config: Config | str | Path,
+    recipe: Recipe | str | Path | None = None,
+    strict: bool = False,
+) -> Pending:
+    """A preset's model built without weights and its Plan: nothing is read yet.
+
+    ``preset``: a KerasHub preset name or folder, a Hugging Face folder, or
+    ``synthetic-gemma`` (the built-in default). ``.plan`` is what will be done;
+    ``.quantize(on_layer)`` reads the weights, quantizing each planned layer as
+    it arrives (calibrated ones block by block), and returns ``(model, plan)``.
+    The float model is never held whole.
+    """
+    return stream.prepare(str(preset), config, recipe, strict=strict)
+
+
+def apply(
+    preset: str | Path,
+    config: Config | str | Path,
+    output: str | Path,
+    recipe: Recipe | str | Path | None = None,
+    formats=("preset",),
+    strict: bool = False,
+    overwrite: bool = False,
+    on_layer=None,
+) -> Plan:
+    """Quantize a preset as it is read and save it to ``output``; the Plan as applied.
+
+    What ``hubquant apply`` runs; see ``prepare`` for ``preset``.
+    """
+    model, plan = prepare(preset, config, recipe, strict).quantize(on_layer)
+    save(model, output, formats, overwrite=overwrite)
+    return plan
 
 
 def save(

@@ -30,6 +30,7 @@ def apply(
     from hubquant import report as report_mod
     from hubquant.config import load_config
     from hubquant.io.output import check_target
+    from hubquant.progress import Progress
     from hubquant.recipe import get_recipe
     from hubquant.synthetic import DEFAULT_PRESET
 
@@ -46,7 +47,7 @@ def apply(
     if preset is None:
         preset = DEFAULT_PRESET
     if preset != DEFAULT_PRESET:
-        from hubquant.presets import resolve_preset
+        from hubquant.float_preset import resolve_preset
 
         preset, note = resolve_preset(preset)
         if note:
@@ -56,7 +57,8 @@ def apply(
             f"using the built-in preset '{DEFAULT_PRESET}': synthetic random weights; it shows the pipeline, not a useful model"
         )
     _check_recipe(preset, recipe_obj)  # before reading weights that no recipe serves
-    model, plan, pending = _source(preset, config_obj, recipe_obj, strict)
+    pending = api.prepare(preset, config_obj, recipe_obj, strict=strict)
+    plan = pending.plan
     if dry_run:
         print(report_mod.plan_table(plan))
         return 0
@@ -66,44 +68,16 @@ def apply(
         check_exportable(plan, applied=False)  # before the minutes quantizing takes
     for line in plan.unmatched_rules:
         say(f"warning: {line} matched no layer")
-    model, plan, seconds = _quantize_with_progress(model, plan, pending, quiet, config_obj)
+    with Progress(plan, quiet=quiet) as progress:
+        model, plan = pending.quantize(on_layer=progress)
     for line in plan.notes:
         say(f"note: {line}")
     api.save(model, output, format_list, overwrite=overwrite)
-    say(report_mod.role_table(plan, seconds))
+    say(report_mod.role_table(plan, progress.seconds))
     if report:
-        _write_report(Path(report), report_mod.role_report(plan, seconds))
+        _write_report(Path(report), report_mod.role_report(plan, progress.seconds))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0
-
-
-def _source(preset: str, config, recipe, strict: bool):
-    """``(model, plan, pending)``: a preset or Hugging Face folder is streamed
-    (``model`` None until read); the synthetic default is built whole."""
-    from hubquant import api, stream
-    from hubquant.source import load_source
-    from hubquant.synthetic import DEFAULT_PRESET
-
-    if preset != DEFAULT_PRESET:
-        pending = stream.prepare(preset, config, recipe, strict=strict)
-        return None, pending.plan, pending
-    model = load_source(preset)
-    return model, api.plan_for(model, config, recipe, strict=strict), None
-
-
-def _quantize_with_progress(model, plan, pending, quiet: bool, config):
-    from hubquant import api, stream
-    from hubquant.calibrate.run import needs_calibration
-    from hubquant.progress import Progress
-
-    with Progress(plan, quiet=quiet) as progress:
-        if pending is not None and needs_calibration(plan):
-            model, plan = stream.read_calibrated(pending, config.calibration, on_layer=progress)
-        elif pending is not None:
-            model = stream.read_quantized(pending, on_layer=progress)
-        else:
-            plan = api.apply_plan(model, plan, on_layer=progress, calibration=config.calibration)
-    return model, plan, progress.seconds
 
 
 def _check_report(path: Path) -> None:
@@ -130,8 +104,8 @@ def _write_report(path: Path, data: dict) -> None:
 
 
 def _check_recipe(preset: str, recipe) -> None:
+    from hubquant.float_preset import backbone_class_names
     from hubquant.recipe import recipe_for_backbone
-    from hubquant.source import backbone_class_names
 
     names = backbone_class_names(preset)
     if names is not None:
@@ -160,7 +134,7 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def inspect(path: str, as_json: bool) -> int:
-    from hubquant.inspect import format_inspection, inspect_path
+    from hubquant.inspection import format_inspection, inspect_path
 
     info = inspect_path(path)
     print(json.dumps(info, indent=1) if as_json else format_inspection(info))
@@ -189,7 +163,7 @@ def export(source: str, to: str, output: str, overwrite: bool = False) -> int:
 
 def list_presets(filter_text: str = "") -> int:
     """KerasHub presets that a shipped recipe serves, with parameter counts."""
-    from hubquant.presets import supported_presets
+    from hubquant.float_preset import supported_presets
 
     rows = supported_presets(filter_text)
     for preset, recipe, params in rows:
@@ -242,7 +216,7 @@ def new_recipe(preset: str) -> int:
 
 
 def list_shipped(kind: str) -> int:
-    from hubquant.resources import shipped_files
+    from hubquant.shipped import shipped_files
 
     for name, path in shipped_files(kind).items():
         print(f"{name:12s} {_first_comment(path)}")
@@ -250,7 +224,7 @@ def list_shipped(kind: str) -> int:
 
 
 def show_shipped(kind: str, name: str) -> int:
-    from hubquant.resources import shipped_files
+    from hubquant.shipped import shipped_files
 
     files = shipped_files(kind)
     path = files.get(name.removesuffix(".yaml"))

@@ -89,7 +89,7 @@ def evaluate(
 ) -> Comparison:
     """Load both models and compare them on windows of ``text_file``."""
     from hubquant.api import load
-    from hubquant.source import load_source
+    from hubquant.float_preset import load_source
 
     if type(seq_len) is not int or seq_len < 2:
         raise HubquantError(f"--seq-len: expected an integer of at least 2. Received: {seq_len}")

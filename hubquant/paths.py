@@ -9,6 +9,9 @@ only layers, never ``__class__``, ``_tracker``, ``dtype_policy`` or a number.
 from __future__ import annotations
 
 import keras
+from keras_hub.models import Task
+
+from hubquant.errors import ArtefactError
 
 
 def child(obj, part: str):
@@ -53,3 +56,18 @@ def variable_of(layer, name: str):
         return None
     value = getattr(layer, name, None)
     return value if isinstance(value, keras.Variable) else None
+
+
+def backbone_of(model):
+    """The backbone of a KerasHub task, or ``model`` itself when it is one."""
+    return model.backbone if isinstance(model, Task) else model
+
+
+def layer_at(backbone, attr: str):
+    """The layer at a Plan entry's attribute path from the backbone."""
+    layer = walk(backbone, attr)
+    if layer is None:
+        raise ArtefactError(
+            f"the Plan names layer '{attr}', which is not a layer of {type(backbone).__name__}."
+        )
+    return layer

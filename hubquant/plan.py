@@ -8,13 +8,12 @@ what the config meant.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from hubquant import quantizers
-from hubquant.config import ALGORITHMS, MODES, Config
-from hubquant.errors import ArtefactError, ConfigError, RecipeError
-from hubquant.paths import layer_list, variable_of, walk
-from hubquant.recipe import Recipe, RoleSpec
+from hubquant.calibrate.calibration import Calibration, parse_calibration
+from hubquant.config import ALGORITHMS, MODES
+from hubquant.errors import ArtefactError, ConfigError
 
 FORMAT_VERSION = 1
 _ITEMSIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
@@ -158,6 +157,8 @@ class Plan:
     unmatched_rules: tuple[str, ...] = field(default=())
     config_text: str = ""  # the config as given, so an artefact can be redone
     recipe_text: str = ""
+    # The config's calibration section, resolved (files replaced by --calibration).
+    calibration: Calibration | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # from applying it; not saved
 
     @property
@@ -190,6 +191,7 @@ class Plan:
             "unmatched_rules": list(self.unmatched_rules),
             "config_text": self.config_text,
             "recipe_text": self.recipe_text,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "entries": [e.to_dict() for e in self.entries],
         }
 
@@ -219,6 +221,7 @@ class Plan:
             unmatched_rules=tuple(data.get("unmatched_rules", ())),
             config_text=data.get("config_text", ""),
             recipe_text=data.get("recipe_text", ""),
+            calibration=_saved_calibration(data.get("calibration")),
             entries=tuple(
                 PlanEntry.from_dict(_checked_entry(e, i)) for i, e in enumerate(entries, 1)
             ),
@@ -228,181 +231,11 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
 
-def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False) -> Plan:
-    """Match a built backbone against a recipe and a config.
-
-    Fails before anything changes when the recipe does not fit the model.
-    """
-    from hubquant.layers.registry import matrix_shape, replacement_for, variable_shape
-
-    blocks = _blocks(backbone, recipe)
-    config.check_blocks(len(blocks))
-    entries, used_rules = [], set()
-    for spec in recipe.roles:
-        for block, owner, where in _owners(backbone, blocks, spec, recipe.blocks):
-            layer = _find(owner, spec.path, spec, where, recipe)
-            if layer is None:
-                continue  # an optional role this block does not have
-            for matrix in spec.matrices:
-                if variable_of(layer, matrix) is None:
-                    raise RecipeError(
-                        f"recipe '{recipe.name}' ({recipe.source}): role '{spec.role}': "
-                        f"matrix '{matrix}' is not a weight of {type(layer).__name__} at "
-                        f"'{layer.path}'; the recipe does not fit this model."
-                    )
-            layer_cls = replacement_for(layer, spec, recipe)
-            for path in (spec.input_norm, spec.input_from):
-                if path is not None:
-                    _find(owner, path, spec, where, recipe)  # must exist
-            options, rule = config.resolve(spec.role, block, len(blocks), layer.path)
-            if options.mode == "int8":  # int8 is always symmetric, one scale per channel
-                options = replace(options, group_size=-1, symmetric=True)
-            used_rules.update(
-                r.number
-                for r in config.rules
-                if r.match.matches(spec.role, block, len(blocks), layer.path)
-            )
-            for matrix in spec.matrices or (_matrix_name(layer, spec),):
-                entries.append(
-                    PlanEntry(
-                        path=layer.path,
-                        attr=f"{where}.{spec.path}" if where else spec.path,
-                        role=spec.role,
-                        block=block,
-                        matrix=matrix,
-                        layer=layer_cls.__name__,
-                        mode=options.mode,
-                        group_size=options.group_size,
-                        symmetric=options.symmetric,
-                        algorithm=options.algorithm,
-                        source_dtype=_source_dtype(layer),
-                        shape=matrix_shape(layer, matrix),
-                        kernel_shape=variable_shape(layer, matrix),
-                        rule=None if rule is None else rule.number,
-                        hf=None if spec.hf is None else spec.hf.replace("{block}", str(block)),
-                        algorithm_options=_algorithm_options(options),
-                        input_norm=_block_attr(spec.input_norm, where),
-                        input_from=_block_attr(spec.input_from, where),
-                    )
-                )
-    entries.sort(key=lambda e: -1 if e.block is None else e.block)  # block by block
-    entries = _merge_shared(entries, config)
-    unmatched = tuple(r.describe() for r in config.unmatched(used_rules))
-    if strict and unmatched:
-        raise ConfigError(
-            f"{config.source}: {unmatched[0]} matched no layer of this model "
-            f"(recipe '{recipe.name}'); --strict makes that an error."
-        )
-    return Plan(
-        recipe=recipe.name,
-        backbone=type(backbone).__name__,
-        dtype=_backbone_dtype(backbone),
-        entries=tuple(entries),
-        config_source=config.source,
-        unmatched_rules=unmatched,
-        config_text=config.text,
-        recipe_text=recipe.text,
-    )
-
-
-def _block_attr(path: str | None, where: str) -> str | None:
-    if path is None:
-        return None
-    return f"{where}.{path}" if where else path
-
-
-def _algorithm_options(options) -> dict | None:
-    if options.mode == "none" or options.algorithm not in ("gptq", "awq"):
-        return None  # rtn and imatrix take no options
-    from hubquant.calibrate.calibration import algorithm_options
-
-    return algorithm_options(options.algorithm, dict(getattr(options, options.algorithm)))
-
-
-def _blocks(backbone, recipe: Recipe) -> list:
-    blocks = layer_list(backbone, recipe.blocks)
-    if blocks is None:
-        raise RecipeError(
-            f"recipe '{recipe.name}' ({recipe.source}): backbone "
-            f"{type(backbone).__name__} has no block list '{recipe.blocks}'."
-        )
-    return blocks
-
-
-def _owners(backbone, blocks, spec: RoleSpec, blocks_attr: str):
-    if spec.scope == "backbone":
-        yield None, backbone, ""
-        return
-    for i, block in enumerate(blocks):
-        yield i, block, f"{blocks_attr}.{i}"
-
-
-def _find(owner, dotted: str, spec: RoleSpec, where: str, recipe: Recipe):
-    obj = walk(owner, dotted)
-    if obj is None and not spec.optional:
-        place = f"block {where.rsplit('.', 1)[-1]}" if where else "the backbone"
-        raise RecipeError(
-            f"recipe '{recipe.name}' ({recipe.source}): role '{spec.role}': path "
-            f"'{dotted}' not found in {place} "
-            f"({type(owner).__name__}); the recipe does not fit this model."
-        )
-    return obj
-
-
-def _matrix_name(layer, spec: RoleSpec) -> str:
-    if spec.part == "reverse":
-        return "embeddings" if getattr(layer, "tie_weights", True) else "reverse"
-    if hasattr(layer, "input_dim") and hasattr(layer, "output_dim"):
-        return "embeddings"
-    return "kernel"
-
-
-def _merge_shared(entries: list[PlanEntry], config: Config) -> list[PlanEntry]:
-    """Entries naming the same matrix (a tied embedding and LM head) must agree."""
-    by_matrix: dict[tuple[str, str], PlanEntry] = {}
-    merged = []
-    for entry in entries:
-        key = (entry.attr, entry.matrix)  # paths can repeat across blocks (SmolLM3)
-        first = by_matrix.get(key)
-        if first is None:
-            by_matrix[key] = entry
-            merged.append(entry)
-            continue
-        winner = _agree(first, entry, config)
-        merged[merged.index(first)] = winner
-        by_matrix[key] = winner
-    return merged
-
-
-def _agree(a: PlanEntry, b: PlanEntry, config: Config) -> PlanEntry:
-    """One entry for a shared matrix; an explicit rule beats the default."""
-
-    def opts(e):
-        return (e.mode, e.group_size, e.symmetric, e.algorithm)
-
-    if a.rule is not None and b.rule is not None and opts(a) != opts(b):
-        raise ConfigError(
-            f"{config.source}: rule {a.rule} sets role '{a.role}' to {opts(a)[:3]} but "
-            f"rule {b.rule} sets role '{b.role}' to {opts(b)[:3]}; they are one tied "
-            f"table ('{a.path}'). Give both roles the same mode."
-        )
-    chosen = b if a.rule is None and b.rule is not None else a
-    return replace(chosen, role=f"{a.role}+{b.role}", hf=a.hf or b.hf)
-
-
-def _source_dtype(layer) -> str:
-    from hubquant.layers import source_dtype_of
-
-    return source_dtype_of(layer)
-
-
-def _backbone_dtype(backbone) -> str:
-    from keras.dtype_policies import DTypePolicyMap
-
-    policy = backbone.dtype_policy
-    if isinstance(policy, DTypePolicyMap):
-        policy = policy.default_policy
-    return policy.name
+def _saved_calibration(raw: object) -> Calibration | None:
+    try:
+        return parse_calibration(raw, "the saved Plan")
+    except ConfigError as e:
+        raise ArtefactError(str(e)) from None
 
 
 def _itemsize(dtype: str) -> int:

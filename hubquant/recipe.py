@@ -11,17 +11,11 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubquant.config import (
-    KNOWN_ROLES,
-    check_mapping,
-    message,
-    read_text,
-    read_yaml,
-    show,
-)
+from hubquant.config import KNOWN_ROLES
 from hubquant.discovery import RecipeFile, env_files, plugin_files
 from hubquant.errors import RecipeError
-from hubquant.resources import shipped_files
+from hubquant.shipped import shipped_files
+from hubquant.yaml_data import check_mapping, message, read_text, read_yaml, show
 
 LAYER_NAMES = (
     "QuantDense",

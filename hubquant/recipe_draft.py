@@ -63,7 +63,7 @@ def draft_recipe(preset: str) -> str:
 
 def backbone_config(preset: str) -> tuple[type, dict, str | None]:
     """The backbone class, its constructor arguments and the HF model type."""
-    from keras_hub.src.utils.preset_utils import get_preset_loader
+    from hubquant.keras_internals import get_preset_loader
 
     path = Path(preset).expanduser()
     if path.is_file():

@@ -12,23 +12,25 @@ the same quantizer over the same blocks of rows.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import ml_dtypes
 import numpy as np
-from keras.src.backend.common import global_state
 
-from hubquant import api, models, surgery
+from hubquant import keras_internals as internals
+from hubquant import registered, surgery
 from hubquant._memory import release_free_memory
+from hubquant.calibrate.run import calibrate_plan, calibrated_by_block, needs_calibration
 from hubquant.errors import PresetError, first_line
 from hubquant.layers.base import FloatMatrix
+from hubquant.paths import backbone_of, layer_at
 from hubquant.plan import Plan
+from hubquant.planning import plan_for
 from hubquant.quantizers import RowReader
+from hubquant.synthetic import DEFAULT_PRESET, default_preset
 
 # A float value at most this large is read whole; larger ones by rows.
 WHOLE_BYTES = 256 << 20
@@ -36,70 +38,69 @@ WHOLE_BYTES = 256 << 20
 
 @dataclass
 class Pending:
-    """A preset's model built without weights, its Plan resolved."""
+    """A preset's model built without weights, its Plan resolved: nothing read yet."""
 
     model: object
     plan: Plan
     loader: object
 
+    def quantize(self, on_layer=None):
+        """``(model, plan)``: read the weights, quantizing as they arrive (see ``read``)."""
+        return read(self, on_layer)
+
 
 def stream_quantize(preset: str, config, recipe=None, strict: bool = False, on_layer=None):
     """``(model, plan)``: the preset quantized as it is read."""
-    pending = prepare(preset, config, recipe, strict)
-    return read_quantized(pending, on_layer), pending.plan
+    return read(prepare(preset, config, recipe, strict), on_layer)
 
 
 def prepare(preset: str, config, recipe=None, strict: bool = False) -> Pending:
-    """Build the model unallocated and resolve its Plan: nothing is read yet."""
+    """Build the model unallocated and resolve its Plan: nothing is read yet.
+
+    ``preset``: a KerasHub preset (name or folder), a Hugging Face folder, or
+    the built-in default's name (written as a preset folder, then read alike).
+    """
+    if preset == DEFAULT_PRESET:
+        preset = default_preset()
     model, loader = build_unloaded(preset)
-    plan = api.plan_for(model, config, recipe, strict=strict)
+    plan = plan_for(model, config, recipe, strict=strict)
     return Pending(model, plan, loader)
 
 
-def read_quantized(pending: Pending, on_layer=None):
-    """Read the weights, quantizing planned layers as they arrive."""
+def read(pending: Pending, on_layer=None, calibration=None):
+    """``(model, plan)``: read the weights, quantizing planned layers as they arrive.
+
+    The matrices of calibrated layers (GPTQ, AWQ, imatrix) stay on disk until
+    calibration reaches their block (``calibrate_plan``'s ``before_block``); the
+    Plan returned is the Plan as applied. ``calibration``: in place of the one
+    the Plan carries (a ``Calibration``, or token ids ``[samples, seq_len]``).
+    """
     model, plan = pending.model, pending.plan
-    backbone = api.backbone_of(model)
-    float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
-    surgery.swap_layers(backbone, plan)
-    if is_keras_preset(pending.loader):
-        _stream_keras(model, pending.loader, plan, on_layer, float_classes)
-    else:
-        _stream_converted(model, pending.loader, plan, on_layer)
-    _check_complete(model, pending.loader.preset)
-    models.mark_quantized(model, plan)
-    return model
-
-
-def read_calibrated(pending: Pending, calibration=None, on_layer=None):
-    """``(model, plan)``: read the weights, leaving the matrices of calibrated
-    layers on disk until calibration reaches their block (``calibrate_plan``'s
-    ``before_block``); every other planned layer is quantized as it arrives.
-    KerasHub presets and Hugging Face folders alike."""
-    from hubquant.calibrate.run import calibrate_plan, calibrated_by_block
-
-    model, plan = pending.model, pending.plan
-    backbone = api.backbone_of(model)
-    later = {a for attrs in calibrated_by_block(plan).values() for a in attrs}
-    float_classes = {a: type(surgery.layer_at(backbone, a)).__name__ for a in plan.layers()}
+    backbone = backbone_of(model)
+    calibrated = needs_calibration(plan)
+    later = (
+        {a for attrs in calibrated_by_block(plan).values() for a in attrs} if calibrated else set()
+    )
+    float_classes = {a: type(layer_at(backbone, a)).__name__ for a in plan.layers()}
     surgery.swap_layers(backbone, plan)
     if is_keras_preset(pending.loader):
         _stream_keras(model, pending.loader, plan, on_layer, float_classes, later)
     else:
         _stream_converted(model, pending.loader, plan, on_layer, later)
     _check_complete(model, pending.loader.preset, skip=_later_variables(backbone, later))
+    if calibrated:
 
-    def before_block(attrs) -> None:
-        for attr in attrs:
-            read_now(surgery.layer_at(backbone, attr))
+        def before_block(attrs) -> None:
+            for attr in attrs:
+                read_now(layer_at(backbone, attr))
 
-    plan = calibrate_plan(model, plan, calibration, on_layer, before_block)
-    models.mark_quantized(model, plan)
+        plan = calibrate_plan(model, plan, calibration, on_layer, before_block)
+    registered.mark_quantized(model, plan)
     return model, plan
 
 
 def _later_variables(backbone, attrs) -> set[int]:
-    layers = [surgery.layer_at(backbone, a) for a in attrs]
+    layers = [layer_at(backbone, a) for a in attrs]
     return {id(getattr(layer, fm.attr)) for layer in layers for fm in _planned_floats(layer)}
 
 
@@ -146,15 +147,14 @@ def read_now(layer) -> None:
 def build_unloaded(preset: str):
     """``(model, preset loader)``: the float task (or backbone), unallocated."""
     import keras_hub
-    from keras_hub.src.utils.preset_utils import get_preset_loader
 
-    from hubquant.source import _check_local, _first_line, _is_backbone_only, saved_dtype
+    from hubquant.float_preset import check_local, is_backbone_only, load_error_line, saved_dtype
 
-    _check_local(preset)
+    check_local(preset)
     kwargs = {"dtype": dtype} if (dtype := saved_dtype(preset)) else {}
     try:
-        loader = get_preset_loader(preset)
-        with deferred_variables():
+        loader = internals.get_preset_loader(preset)
+        with internals.deferred_variables():
             backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=False, **kwargs)
             if _saved_tied(preset, backbone):
                 kwargs["tie_word_embeddings"] = True
@@ -162,7 +162,7 @@ def build_unloaded(preset: str):
                     preset, load_weights=False, **kwargs
                 )
         model = backbone
-        if not _is_backbone_only(preset):
+        if not is_backbone_only(preset):
             try:  # the task's own layers are small: built as usual
                 model = keras_hub.models.CausalLM.from_preset(
                     preset, backbone=backbone, load_weights=False
@@ -173,7 +173,7 @@ def build_unloaded(preset: str):
     except PresetError:
         raise
     except Exception as e:
-        raise PresetError(_first_line(preset, e)) from None
+        raise PresetError(load_error_line(preset, e)) from None
     _check_weight_bytes(model, preset)
     object.__setattr__(model, "hubquant_source", preset)  # its own tokenizer.json, if any
     return model, loader
@@ -185,7 +185,7 @@ def _saved_tied(preset: str, backbone) -> bool:
     file holds one array fewer than the untied model has (no LM-head matrix)."""
     import h5py
 
-    from hubquant.models import constructor_arguments
+    from hubquant.registered import constructor_arguments
 
     file = Path(preset).expanduser() / "model.weights.h5"
     if "tie_word_embeddings" not in constructor_arguments(type(backbone)) or not file.is_file():
@@ -220,19 +220,6 @@ def _check_weight_bytes(model, preset: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def deferred_variables():
-    """Variables created inside hold no memory until they are given a value.
-
-    Keras registers them for a later global initialisation; they are taken
-    off that list here, so only hubquant decides when each one is filled.
-    """
-    before = list(global_state.get_global_attribute("uninitialized_variables") or [])
-    with keras.StatelessScope(initialize_variables=False):
-        yield
-    global_state.set_global_attribute("uninitialized_variables", before)
-
-
 def set_value(variable, value) -> None:
     """Assign, or initialise a deferred variable directly with ``value``."""
     if tuple(np.shape(value)) != tuple(variable.shape):
@@ -240,18 +227,12 @@ def set_value(variable, value) -> None:
             f"the weights for '{variable.path}' have shape {list(np.shape(value))}; the "
             f"preset's config makes it {list(variable.shape)}."
         )
-    if variable._value is None:
-        variable._initializer = lambda shape, dtype=None: value
-        variable._deferred_initialize()
-    else:
-        variable.assign(value)
+    internals.set_value(variable, value)
 
 
 # -- KerasHub presets: Keras' own weight loading, one layer at a time ---------
 def is_keras_preset(loader) -> bool:
-    from keras_hub.src.utils.preset_utils import KerasPresetLoader
-
-    return isinstance(loader, KerasPresetLoader)
+    return isinstance(loader, internals.KerasPresetLoader)
 
 
 def _stream_keras(
@@ -259,12 +240,10 @@ def _stream_keras(
 ) -> None:
     """Keras' loading, planned layers quantized as they load (those in
     ``later`` only told where their matrices are)."""
-    from keras_hub.src.utils.preset_utils import TASK_WEIGHTS_FILE, check_file_exists, get_file
-
-    backbone = api.backbone_of(model)
+    backbone = backbone_of(model)
     planned = set()
     for attr, entries in plan.layers().items():
-        layer = surgery.layer_at(backbone, attr)
+        layer = layer_at(backbone, attr)
         if attr in later:
             layer.stream_from_float(None, read_later, release_free_memory, float_classes[attr])
         else:
@@ -272,15 +251,16 @@ def _stream_keras(
             layer.stream_from_float(entries[0].mode, read_matrix, done, float_classes[attr])
         planned |= {id(getattr(layer, fm.attr)) for fm in _planned_floats(layer)}
     for variable in model.weights:
-        if variable._value is None and id(variable) not in planned:
+        if internals.is_unset(variable) and id(variable) not in planned:
             set_value(variable, np.zeros(variable.shape, variable.dtype))
     try:
-        loader._load_backbone_weights(backbone)  # single file or shards, as KerasHub does
+        internals.load_backbone_weights(loader, backbone)  # single file or shards, as KerasHub does
     except ValueError as e:
         _check_complete(model, loader.preset)  # names a planned layer left unread
         raise PresetError(f"preset '{loader.preset}' weights do not fit: {first_line(e)}") from None
-    if model is not backbone and check_file_exists(loader.preset, TASK_WEIGHTS_FILE):
-        model.load_task_weights(get_file(loader.preset, TASK_WEIGHTS_FILE))
+    task_weights = None if model is backbone else internals.task_weights_file(loader.preset)
+    if task_weights is not None:
+        model.load_task_weights(task_weights)
 
 
 def read_matrix(store, key: str, fm: FloatMatrix):
@@ -302,7 +282,7 @@ def _dataset(store, key: str):
     """The h5py dataset behind a Keras weights store entry, if there is one."""
     import h5py
 
-    group = getattr(store, "_h5_entry_group", None)
+    group = internals.h5_group(store)
     if isinstance(group, h5py.Group) and key in group:
         value = group[key]
         return value if isinstance(value, h5py.Dataset) else None
@@ -318,12 +298,10 @@ def _as_saved(values: np.ndarray, dataset) -> np.ndarray:
 def _stream_converted(model, loader, plan: Plan, on_layer, later=frozenset()) -> None:
     """KerasHub's converter, planned layers quantized as their matrices fill
     (those in ``later`` only told which tensor to read)."""
-    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
-
-    backbone = api.backbone_of(model)
+    backbone = backbone_of(model)
     waiting, deferred = {}, {}  # id(float matrix variable) -> (layer, entries | name)
     for attr, entries in plan.layers().items():
-        layer = surgery.layer_at(backbone, attr)
+        layer = layer_at(backbone, attr)
         floats = layer._float_matrices()
         for name in layer.hubquant_specs:
             key = id(getattr(layer, floats[name].attr))
@@ -347,8 +325,8 @@ def _stream_converted(model, loader, plan: Plan, on_layer, later=frozenset()) ->
         if owner is not None and _filled(owner[0]):
             _quantize_now(*owner, on_layer)
 
-    with SafetensorLoader(loader.preset) as hf:
-        hf.port_weight = port_weight
+    with internals.SafetensorLoader(loader.preset) as hf:
+        internals.with_port_weight(hf, port_weight)
         loader.converter.convert_weights(backbone, hf, loader.config)
     for layer, entries in {id(o[0]): o for o in waiting.values()}.values():
         if not getattr(layer, "_is_quantized", False):
@@ -370,9 +348,7 @@ class HfLater:
     shape: list
 
     def read(self) -> np.ndarray:
-        from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
-
-        with SafetensorLoader(self.preset) as hf:
+        with internals.SafetensorLoader(self.preset) as hf:
             tensor = hf.get_tensor(self.key)
         return self.hook(tensor, self.shape) if self.hook else tensor
 
@@ -383,7 +359,7 @@ def _planned_floats(layer) -> list[FloatMatrix]:
 
 
 def _filled(layer) -> bool:
-    return all(getattr(layer, fm.attr)._value is not None for fm in _planned_floats(layer))
+    return all(not internals.is_unset(getattr(layer, fm.attr)) for fm in _planned_floats(layer))
 
 
 def _quantize_now(layer, entries, on_layer) -> None:
@@ -404,17 +380,10 @@ def _check_complete(model, preset: str, skip=frozenset()) -> None:
     """Every planned layer was read; other variables the preset did not
     fill keep their initialiser's values, as ``from_preset`` leaves them
     (but for those in ``skip``, ids of matrices read later)."""
-    unread = [layer for layer in model._flatten_layers() if "_hubquant_stream" in vars(layer)]
+    unread = [layer for layer in internals.all_layers(model) if "_hubquant_stream" in vars(layer)]
     if unread:
         why = vars(unread[0]).get("hubquant_misfit")  # the file held another shape
         if why:
             raise PresetError(f"preset '{preset}': {why}")
         raise PresetError(f"preset '{preset}' has no weights for '{unread[0].path}'.")
-    initialize_deferred(model, skip)
-
-
-def initialize_deferred(model, skip=frozenset()) -> None:
-    """Give every still-deferred variable (not in ``skip``) its initialiser's value."""
-    for variable in model.weights:
-        if variable._value is None and id(variable) not in skip:
-            variable._deferred_initialize()
+    internals.initialize_deferred(model, skip)

@@ -15,9 +15,10 @@ import keras
 from keras.dtype_policies import QuantizedDTypePolicy
 
 from hubquant.errors import ArtefactError
+from hubquant.keras_internals import unlocked
 from hubquant.layers import MatrixSpec
 from hubquant.layers.registry import class_for, known_class, matrix_shape
-from hubquant.paths import variable_of, walk
+from hubquant.paths import layer_at, variable_of
 from hubquant.plan import Plan, PlanEntry
 
 
@@ -42,26 +43,13 @@ def build_skeleton(backbone, plan: Plan) -> None:
     for attr, entries in plan.layers().items():
         layer = layer_at(backbone, attr)
         _adopt(layer, entries)
-        layer._tracker.unlock()
-        try:
+        with unlocked(layer):
             for name in _matrix_variable_attrs(layer, entries):
                 layer._drop_variable(name)
             layer.quantized_build(None, entries[0].mode)
             layer._build_float_matrices(entries[0].source_dtype)
-        finally:
-            layer._tracker.lock()
         layer._is_quantized = True
         layer.dtype_policy = QuantizedDTypePolicy(entries[0].mode, entries[0].source_dtype)
-
-
-def layer_at(backbone, attr: str):
-    """The layer at a Plan entry's attribute path from the backbone."""
-    layer = walk(backbone, attr)
-    if layer is None:
-        raise ArtefactError(
-            f"the Plan names layer '{attr}', which is not a layer of {type(backbone).__name__}."
-        )
-    return layer
 
 
 def check_plan_fits(backbone, plan: Plan) -> None:

@@ -8,7 +8,11 @@ model worth talking to.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
+import shutil
+import tempfile
 
 import keras
 import keras_hub
@@ -111,6 +115,16 @@ def default_causal_lm() -> keras_hub.models.GemmaCausalLM:
     return gemma_causal_lm(
         seed=2026, num_layers=4, hidden_dim=256, intermediate_dim=1024, head_dim=64
     )
+
+
+@functools.cache
+def default_preset() -> str:
+    """The built-in default as a KerasHub preset folder, written once per process
+    (removed at exit), so ``apply`` streams it like any other preset."""
+    folder = tempfile.mkdtemp(prefix="hubquant-default-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    default_causal_lm().save_to_preset(folder)
+    return folder
 
 
 def make_trained_like(model: keras.Model, seed: int, std: float = 0.02) -> None:

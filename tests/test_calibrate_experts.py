@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import families
 import numpy as np
 import pytest
 from keras import ops
 
 import hubquant
-from hubquant import families, quantizers, synthetic
+from hubquant import quantizers, synthetic
 from hubquant.calibrate import experts
 from hubquant.config import parse_config
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import families
 import numpy as np
 import pytest
 
 import hubquant
-from hubquant import families, synthetic
+from hubquant import synthetic
 from hubquant.config import parse_config
 
 DECODERS = ["mistral", "qwen", "qwen3", "gemma3", "phi3", "smollm3", "gpt2", "qwen3_moe"]

@@ -9,11 +9,12 @@ parameters of the float model.
 
 import re
 
+import families
 import numpy as np
 import pytest
 
 import hubquant
-from hubquant import families, synthetic
+from hubquant import synthetic
 from hubquant.recipe import shipped_recipes
 
 MAX_FLOAT_FRACTION = 0.01
@@ -43,7 +44,7 @@ EXCEPTIONS = {
 # group (int4). Not weights; each must sit beside the integer codes it scales.
 SCALE = re.compile(r"(?P<layer>.+)/(?P<matrix>\w+)_scale")
 
-# Gemma and Llama at the matrix shapes of hubquant.families (fewer compiles);
+# Gemma and Llama at the matrix shapes of tests/families.py (fewer compiles);
 # Gemma's intermediate_dim is split between its two gating projections.
 SHAPES = dict(hidden_dim=128, num_query_heads=4, num_key_value_heads=2)
 BUILDERS = {

@@ -7,13 +7,14 @@ one test does not leak into another.
 
 import gc
 
+import families
 import keras
 import numpy as np
 import pytest
 from keras.quantizers import Int4QuantizationConfig
 
 import hubquant
-from hubquant import families, surgery
+from hubquant import surgery
 from hubquant.recipe import shipped_recipes
 
 FAMILIES = list(families.BUILDERS)

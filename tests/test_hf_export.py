@@ -2,13 +2,14 @@
 
 import json
 
+import families
 import keras_hub
 import numpy as np
 import pytest
 from conftest import logits
 
 import hubquant
-from hubquant import cli, families
+from hubquant import cli
 from hubquant.config import parse_config
 from hubquant.errors import HubquantError
 from hubquant.io.hf_export import export_hf, pack_int32
@@ -105,7 +106,7 @@ TASKS = {
 
 
 def family_lm(name):
-    """A tiny float task of a family from ``hubquant.families`` (no tokenizer)."""
+    """A tiny float task of a family from ``tests/families.py`` (no tokenizer)."""
     return TASKS[name](backbone=families.fresh_backbone(name), preprocessor=None)
 
 

@@ -1,5 +1,6 @@
 """Mixture-of-experts banks: quantized per expert and channel, routed forward unchanged."""
 
+import families
 import keras
 import keras_hub
 import numpy as np
@@ -8,7 +9,7 @@ from conftest import keras_quantize
 from reference import int4 as ref_int4
 
 import hubquant
-from hubquant import families, surgery
+from hubquant import surgery
 from hubquant.quantizers import unpack_int4
 
 FAMILIES = ["mixtral", "qwen_moe", "qwen3_moe", "gpt_oss"]

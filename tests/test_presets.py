@@ -4,7 +4,7 @@ import pytest
 
 from hubquant import cli
 from hubquant.errors import PresetError
-from hubquant.presets import resolve_preset, supported_presets
+from hubquant.float_preset import resolve_preset, supported_presets
 
 
 def test_exact_name_is_kept():

@@ -2,11 +2,12 @@
 
 import json
 
+import families
 import pytest
 import yaml
 
 import hubquant
-from hubquant import cli, families
+from hubquant import cli
 from hubquant.recipe import parse_recipe, shipped_recipes
 from hubquant.recipe_draft import draft_for, tiny_config
 

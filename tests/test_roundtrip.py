@@ -115,7 +115,7 @@ def test_backbone_without_task_round_trips(float_presets, inputs, tmp_path):
 
 
 def test_source_preset_keeps_its_saved_dtype(float_presets, tmp_path):
-    from hubquant.source import load_source, saved_dtype
+    from hubquant.float_preset import load_source, saved_dtype
 
     lm = keras_hub.models.CausalLM.from_preset(str(float_presets["llama3"]), dtype="bfloat16")
     lm.save_to_preset(str(tmp_path / "bf16"))

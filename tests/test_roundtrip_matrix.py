@@ -14,13 +14,14 @@ import json
 import subprocess
 import sys
 
+import families
 import keras
 import keras_hub
 import numpy as np
 import pytest
 
 import hubquant
-from hubquant import families, stream, synthetic
+from hubquant import stream, synthetic
 from hubquant.config import parse_config
 
 # family -> (task class, builder of a float backbone); tied variants by name.
@@ -103,9 +104,9 @@ def matrix(tmp_path_factory):
         for name in _configs(cell):
             pending = stream.prepare(str(source), calibrated if name == "calibrated" else name)
             if name == "calibrated":
-                model, _ = stream.read_calibrated(pending, _calibration(cell))
+                model, _ = stream.read(pending, calibration=_calibration(cell))
             else:
-                model = stream.read_quantized(pending)
+                model, _ = stream.read(pending)
             inputs = _inputs(model)
             out = root / f"{_cell_id(cell)}-{name}"
             hubquant.save(model, out, formats=("preset", "keras"))

@@ -8,15 +8,16 @@ own weights). hubquant's registered subclasses write every argument back.
 
 import json
 
+import families
 import keras
 import keras_hub
 import numpy as np
 import pytest
 
 import hubquant
-from hubquant import families, synthetic
-from hubquant.models import constructor_arguments, hubquant_class
+from hubquant import synthetic
 from hubquant.recipe import shipped_recipes
+from hubquant.registered import constructor_arguments, hubquant_class
 
 # Constructor arguments that change neither the weights nor the structure of the
 # inference graph, and that KerasHub keeps nowhere hubquant could read them back.

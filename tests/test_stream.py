@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 
-from hubquant import api, quantizers, stream, synthetic
+from hubquant import api, paths, quantizers, stream, synthetic
 from hubquant.errors import PresetError
-from hubquant.source import load_source
+from hubquant.float_preset import load_source
 
 
 def _reference(preset, config):
@@ -139,7 +139,7 @@ def _calibrated_config(tmp_path):
 def _blocks_in_float(model) -> set:
     """Blocks holding a planned matrix in float (read and not yet quantized)."""
     blocks = set()
-    for i, block in enumerate(api.backbone_of(model).transformer_layers):
+    for i, block in enumerate(paths.backbone_of(model).transformer_layers):
         for layer in block._flatten_layers():
             specs = getattr(layer, "hubquant_specs", None)
             if (
@@ -167,7 +167,7 @@ def test_calibrated_streamed_equals_in_memory(float_presets, bf16_preset, which,
 
     stream.read_now = spy
     try:
-        model, plan = stream.read_calibrated(pending, config.calibration)
+        model, plan = stream.read(pending, calibration=config.calibration)
     finally:
         stream.read_now = read_now
     assert seen and all(len(blocks) == 1 for blocks in seen)  # one block at a time
@@ -177,11 +177,11 @@ def test_calibrated_streamed_equals_in_memory(float_presets, bf16_preset, which,
 
 
 def test_cli_streams_a_calibrated_preset(float_presets, tmp_path, monkeypatch, capsys):
-    from hubquant import cli, source
+    from hubquant import cli, float_preset
 
     config = _calibrated_config(tmp_path)
     (tmp_path / "c.yaml").write_text(config.text)
-    monkeypatch.setattr(source, "load_source", lambda *a, **k: pytest.fail("loaded whole"))
+    monkeypatch.setattr(float_preset, "load_source", lambda *a, **k: pytest.fail("loaded whole"))
     args = ["apply", "--preset", str(float_presets["llama3"]), "--config", str(tmp_path / "c.yaml")]
     assert cli.main([*args, "--output", str(tmp_path / "out"), "--quiet"]) == 0
     plan = api.load(tmp_path / "out").backbone.hubquant_plan
@@ -192,7 +192,7 @@ def test_calibrated_hugging_face_folder_streams(fresh, tmp_path):
     folder = tmp_path / "hf"
     fresh("llama3").export_to_transformers(str(folder))
     config = _calibrated_config(tmp_path)
-    model, plan = stream.read_calibrated(stream.prepare(str(folder), config), config.calibration)
+    model, plan = stream.read(stream.prepare(str(folder), config), calibration=config.calibration)
     reference = load_source(str(folder))
     assert api.quantize(reference, config).entries == plan.entries
     _assert_same(model, reference)

@@ -13,12 +13,13 @@ Per rule, ``gptq: {damping: 0.01, act_order: false, block_size: 128}`` and
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from hubquant.errors import ConfigError, HubquantError
+from hubquant.yaml_data import check_mapping, message
 
 CALIBRATION_KEYS = ("files", "num_samples", "seq_len", "seed")
 
@@ -59,11 +60,13 @@ class Calibration:
     def with_files(self, files: tuple[str, ...]) -> Calibration:
         return replace(self, files=tuple(files))
 
+    def to_dict(self) -> dict:
+        """The section as a config would give it (``source`` is where it came from, not data)."""
+        return {k: v for k, v in asdict(self).items() if k != "source"}
+
 
 def parse_calibration(raw: object, source: str) -> Calibration | None:
     """The validated ``calibration:`` section, or None when absent."""
-    from hubquant.config import check_mapping, message
-
     if raw is None:
         return None
     where = f"{source}: calibration"
@@ -92,8 +95,6 @@ def parse_calibration(raw: object, source: str) -> Calibration | None:
 
 def check_algorithm_options(name: str, raw: dict, where: str) -> tuple:
     """A rule's ``gptq:`` or ``awq:`` mapping, checked, as sorted (key, value) pairs."""
-    from hubquant.config import message
-
     known = ALGORITHM_OPTIONS[name]
     for key, value in raw.items():
         if key not in known:

@@ -19,10 +19,10 @@ from hubquant.calibrate.calibration import (
     Calibration,
     calibration_tokens,
     default,
-    require_calibration,
 )
+from hubquant.errors import ConfigError
+from hubquant.paths import backbone_of, layer_at
 from hubquant.plan import Plan, PlanEntry
-from hubquant.surgery import layer_at
 
 CALIBRATED_LAYERS = ("QuantDense", "QuantEinsumDense")
 
@@ -42,8 +42,6 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_bl
     path reads their float matrices then). Layers already quantized (while
     streaming) are left as they are.
     """
-    from hubquant.api import backbone_of
-
     backbone = backbone_of(model)
     if isinstance(calibration, np.ndarray):
         tokens = calibration.astype("int32")
@@ -98,13 +96,18 @@ def calibrated_by_block(plan: Plan) -> dict[int, dict[str, list[PlanEntry]]]:
 
 
 def _calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:
-    from hubquant.config import parse_config
-
-    config = parse_config(plan.config_text, plan.config_source)
-    if calibration is not None:
-        config = dataclasses.replace(config, calibration=calibration)
-    require_calibration(config)
-    return config.calibration
+    """``calibration``, else the one the Plan carries; a calibrated layer needs text."""
+    cal = plan.calibration if calibration is None else calibration
+    if cal is None or not cal.files:
+        first = next(e for e in plan.quantized if e.algorithm != "rtn")
+        where = "default" if first.rule is None else f"rule {first.rule}"
+        raise ConfigError(
+            f"{plan.config_source}: {where} sets algorithm '{first.algorithm}' for "
+            f"'{first.path}', which needs calibration text: add a 'calibration:' section "
+            "with 'files' (or pass --calibration FILE). "
+            f"Received: calibration={None if cal is None else list(cal.files)}"
+        )
+    return cal
 
 
 def _split(plan: Plan):

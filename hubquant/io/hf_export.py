@@ -28,17 +28,14 @@ from keras_hub.models import Task
 
 from hubquant.errors import HubquantError
 from hubquant.io.st_writer import spec_of, write_safetensors
+from hubquant.keras_internals import hf_exporter
 from hubquant.plan import PlanEntry
 from hubquant.quantizers import unpack_int4
-
-_EXPORTERS = "keras_hub.src.utils.transformers.export.hf_exporter"
 
 
 def export_hf(model, folder: Path) -> None:
     """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads."""
-    import importlib
-
-    exporter = importlib.import_module(_EXPORTERS)
+    exporter = hf_exporter()
     backbone = model.backbone if isinstance(model, Task) else model
     family = type(backbone)._hubquant_base.__name__
     get_config, get_weights = _mapping(exporter, family)
@@ -149,9 +146,7 @@ def check_exportable(plan, family: str | None = None, applied: bool = True) -> N
     False: the Plan before quantizing, where an AWQ layer whose recipe role
     names an ``input_norm`` or ``input_from`` may still fold its scale away
     (checked again on the applied Plan at export)."""
-    import importlib
-
-    _mapping(importlib.import_module(_EXPORTERS), family or plan.backbone)
+    _mapping(hf_exporter(), family or plan.backbone)
     for entry in plan.quantized:
         if _is_linear(entry):
             _check_exportable(entry, applied)

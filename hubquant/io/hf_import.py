@@ -44,7 +44,7 @@ def is_hf_folder(folder: Path) -> bool:
 
 def load_hf(folder: Path):
     """The quantized KerasHub task model held by a compressed-tensors folder."""
-    from hubquant import models, surgery
+    from hubquant import registered, surgery
 
     config = _read_config(folder)
     source = f"'{folder / 'config.json'}'"
@@ -58,7 +58,7 @@ def load_hf(folder: Path):
         _build_skeleton_keeping_floats(backbone, plan)
         for entry in plan.quantized:
             _assign(surgery.layer_at(backbone, entry.attr), entry, files, folder)
-    models.mark_quantized(task, plan)
+    registered.mark_quantized(task, plan)
     return task
 
 
@@ -93,8 +93,8 @@ def _read_config(folder: Path) -> dict:
 def _float_task(folder: Path, config: dict):
     """KerasHub's loader for the folder, and the float task it builds."""
     from keras_hub.models import CausalLM
-    from keras_hub.src.utils.preset_utils import find_subclass
-    from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
+
+    from hubquant.keras_internals import TransformersPresetLoader, find_subclass
 
     try:
         loader = TransformersPresetLoader(str(folder), config)
@@ -119,8 +119,8 @@ def _float_task(folder: Path, config: dict):
 
 def _plan(backbone, quant: ct_config.QuantizationConfig, files, folder, config) -> Plan:
     """The recipe's Plan, each Linear set as the checkpoint quantized it."""
-    from hubquant.api import plan_for
     from hubquant.config import parse_config
+    from hubquant.planning import plan_for
 
     none = parse_config("default: {mode: none}\n", f"compressed-tensors ({folder})")
     plan = plan_for(backbone, none)

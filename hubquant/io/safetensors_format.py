@@ -22,6 +22,7 @@ from keras_hub.models import Task
 
 from hubquant._version import __version__
 from hubquant.errors import ArtefactError
+from hubquant.io.artefact import load_error
 from hubquant.io.names import asset_path, shard_names
 from hubquant.io.reproducible import ordered
 from hubquant.io.st_writer import spec_of, write_safetensors
@@ -52,7 +53,7 @@ def save_safetensors(model, folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES
 
 def load_safetensors(path: Path):
     """Rebuild the quantized task (or backbone) from hubquant safetensors alone."""
-    files, metadata = _files_and_metadata(path)
+    files, metadata = files_and_metadata(path)
     model = _rebuild(metadata, files[0])
     backbone = model.backbone if isinstance(model, Task) else model
     # Match tensors to variables by position: auto-generated layer names (and
@@ -77,8 +78,6 @@ def load_safetensors(path: Path):
 
 def _rebuild(metadata: dict, file: Path):
     """The model skeleton from the metadata's config (Keras' safe_mode: no Python code)."""
-    from hubquant.io.preset import load_error
-
     try:
         config = json.loads(metadata["model_config"])
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
@@ -149,7 +148,7 @@ def _specs(shard: dict) -> dict:
     }
 
 
-def _files_and_metadata(path: Path) -> tuple[list[Path], dict]:
+def files_and_metadata(path: Path) -> tuple[list[Path], dict]:
     if path.is_dir():
         if (path / INDEX_FILE).is_file():
             files = [path / f for f in shard_names(path / INDEX_FILE)]

@@ -13,7 +13,7 @@ import contextlib
 import keras
 from keras_hub.models import Llama3Backbone, Llama3Tokenizer
 
-from hubquant.models import hubquant_class
+from hubquant.registered import hubquant_class
 
 
 @keras.saving.register_keras_serializable("hubquant", "Llama3Tokenizer")

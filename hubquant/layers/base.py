@@ -19,6 +19,7 @@ from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 
 from hubquant import quantizers
 from hubquant.errors import WeightsError
+from hubquant.keras_internals import unlocked
 from hubquant.layers import products
 
 MODES = ("int8", "int4")
@@ -119,8 +120,7 @@ class QuantizedLayerMixin:
         values = kwargs.pop("values", None) or {}
         if getattr(self, "_is_quantized", False):
             raise ValueError(f"Layer '{self.path}' is already quantized.")
-        self._tracker.unlock()
-        try:
+        with unlocked(self):
             floats = self._float_matrices()
             for name, spec in list(self.hubquant_specs.items()):
                 fm = floats[name]
@@ -133,8 +133,6 @@ class QuantizedLayerMixin:
                 self._drop_variable(fm.attr)
                 self._build_matrix(name, spec, matrix, input_scale)
             self._is_quantized = True
-        finally:
-            self._tracker.lock()
         self._set_quantized_policy(mode)
 
     def _set_quantized_policy(self, mode: str) -> None:

@@ -18,9 +18,10 @@ import keras_hub
 from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 from keras_hub.models import Backbone, Task
 
+from hubquant import keras_internals as internals
 from hubquant._version import __version__
-from hubquant.errors import HubquantError
 from hubquant.plan import Plan
+from hubquant.surgery import build_skeleton
 
 _SUBCLASSES: dict[type, type] = {}
 
@@ -45,9 +46,6 @@ class HubquantBackboneMixin:
 
     @classmethod
     def from_config(cls, config):
-        from hubquant.stream import deferred_variables, initialize_deferred
-        from hubquant.surgery import build_skeleton
-
         config = dict(config)
         plan = Plan.from_dict(config.pop("hubquant")["plan"])
         dtype = config.get("dtype")
@@ -55,10 +53,10 @@ class HubquantBackboneMixin:
             # Expert banks get their quantized policy from build_skeleton: their
             # KerasHub classes have no quantized call to build the graph with.
             config["dtype"] = dtype_map(plan, banks=False)
-        with deferred_variables():  # float matrices the Plan replaces never allocate
+        with internals.deferred_variables():  # float matrices the Plan replaces never allocate
             backbone = super().from_config(config)
         build_skeleton(backbone, plan)
-        initialize_deferred(backbone)
+        internals.initialize_deferred(backbone)
         object.__setattr__(backbone, "hubquant_plan", plan)
         return backbone
 
@@ -130,11 +128,6 @@ def mark_quantized(model, plan: Plan) -> None:
         model.__class__ = hubquant_class(type(model))
 
 
-def is_quantized(model) -> bool:
-    backbone = model.backbone if isinstance(model, Task) else model
-    return getattr(type(backbone), "_hubquant_base", None) is not None
-
-
 def register_all() -> None:
     """Register subclasses for every KerasHub backbone and task class."""
     classes = [c for c in vars(keras_hub.models).values() if inspect.isclass(c)]
@@ -146,11 +139,3 @@ def register_all() -> None:
         if issubclass(cls, Task) and inspect.isclass(backbone_cls):
             if issubclass(backbone_cls, Backbone) and backbone_cls is not Backbone:
                 hubquant_class(cls)
-
-
-def require_float(model) -> None:
-    if is_quantized(model):
-        raise HubquantError(
-            f"{type(model).__name__} is already quantized by hubquant; quantize "
-            "the float model instead."
-        )

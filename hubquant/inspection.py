@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 from hubquant.errors import ArtefactError
-from hubquant.io.names import shard_names
+from hubquant.io.artefact import check_weight_files, missing_files, read_metadata
+from hubquant.io.safetensors_format import files_and_metadata
 from hubquant.plan import Plan
 
 
@@ -81,8 +82,6 @@ def _plan_summary(plan: Plan) -> dict:
 
 
 def _inspect_folder(folder: Path) -> dict:
-    from hubquant.io.preset import check_weight_files, read_metadata
-
     meta = read_metadata(folder)
     missing = missing_files(folder, meta)
     check_weight_files(folder)
@@ -95,34 +94,6 @@ def _inspect_folder(folder: Path) -> dict:
         "missing": missing,
         **_plan_summary(Plan.from_dict(meta["plan"])),
     }
-
-
-def missing_files(folder: Path, meta: dict) -> list[str]:
-    """Files the folder's recorded formats need but that are not there."""
-    return [f for fmt in meta.get("formats", []) for f in _missing(folder, fmt)]
-
-
-def _missing(folder: Path, fmt: str) -> list[str]:
-    required = {
-        "preset": ["config.json", "metadata.json"],
-        "keras": ["model.keras"],
-        "hf": ["hf/config.json", "hf/model.safetensors"],
-    }.get(fmt, [])
-    missing = [f for f in required if not (folder / f).is_file()]
-    if fmt == "preset" and not any(
-        (folder / f).is_file() for f in ("model.weights.h5", "model.weights.json")
-    ):
-        missing.append("model.weights.h5")
-    if fmt == "safetensors":
-        missing += _missing_shards(folder)
-    return missing
-
-
-def _missing_shards(folder: Path) -> list[str]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return [s for s in shard_names(index) if not (folder / s).is_file()]
-    return [] if (folder / "model.safetensors").is_file() else ["model.safetensors"]
 
 
 def _inspect_keras(path: Path) -> dict:
@@ -159,9 +130,7 @@ def _keras_plan(config: dict) -> dict | None:
 
 
 def _inspect_safetensors(path: Path) -> dict:
-    from hubquant.io.safetensors_format import _files_and_metadata
-
-    _, meta = _files_and_metadata(path)
+    _, meta = files_and_metadata(path)
     return {
         "path": str(path),
         "kind": "hubquant safetensors",
