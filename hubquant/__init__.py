@@ -29,7 +29,17 @@ _registered.register_all()
 
 # The library's calls (``hubquant.api``) load on first use: ``import
 # hubquant.quantizers`` and other leaf modules do not pull in the whole house.
-_API = ("apply", "apply_plan", "export", "load", "plan_for", "prepare", "quantize", "save")
+_API = (
+    "apply",
+    "apply_plan",
+    "export",
+    "load",
+    "merge_lora",
+    "plan_for",
+    "prepare",
+    "quantize",
+    "save",
+)
 
 
 def __getattr__(name: str):
@@ -57,6 +67,7 @@ __all__ = [
     "apply_plan",
     "export",
     "load",
+    "merge_lora",
     "plan_for",
     "prepare",
     "quantize",

@@ -7,6 +7,7 @@ from pathlib import Path
 from hubquant import registered, stream, surgery
 from hubquant.calibrate.run import calibrate_plan, needs_calibration
 from hubquant.config import Config
+from hubquant.lora import merge_lora as merge_lora
 from hubquant.paths import backbone_of
 from hubquant.plan import Plan
 from hubquant.planning import plan_for

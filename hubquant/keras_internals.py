@@ -66,13 +66,44 @@ def unlocked(layer):
 
 
 def all_layers(model) -> list:
-    """Every layer inside ``model``, nested ones included."""
-    return list(model._flatten_layers())
+    """Every layer inside ``model`` (not ``model`` itself), nested ones included,
+    in the order KerasHub numbers them."""
+    return list(model._flatten_layers(include_self=False))
+
+
+def float_policy_name(policy) -> str:
+    """The float dtype policy a (possibly quantized) policy was made from."""
+    if policy.quantization_mode is None:
+        return policy.name
+    return policy._source_name
+
+
+def note_lora_layers(backbone, layers: list, rank: int) -> None:
+    """What KerasHub's ``save_lora_weights`` reads after ``enable_lora``: the adapted
+    layers' indices among the backbone's layers with weights, and the rank."""
+    ids = {id(layer) for layer in layers}
+    with_weights = [layer for layer in all_layers(backbone) if layer.weights]
+    backbone._lora_enabled_layers = [i for i, x in enumerate(with_weights) if id(x) in ids]
+    backbone._lora_rank = rank
 
 
 def h5_group(store):
     """The h5py group behind a Keras weights store entry, or None."""
     return getattr(store, "_h5_entry_group", None)
+
+
+@contextlib.contextmanager
+def h5_file_opener(open_file):
+    """While inside, Keras opens each HDF5 weights file with
+    ``open_file(keras_open, store, path, mode)`` (``keras_open``: its own way)."""
+    from keras.src.saving.saving_lib import H5IOStore
+
+    keras_open = H5IOStore._get_h5_file
+    H5IOStore._get_h5_file = lambda store, path, mode=None: open_file(keras_open, store, path, mode)
+    try:
+        yield
+    finally:
+        H5IOStore._get_h5_file = keras_open
 
 
 # -- KerasHub presets ----------------------------------------------------------

@@ -164,6 +164,47 @@ def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int, channel: np.ndar
     return codes.reshape(r, g * gs)[:, :k], scale.reshape(r, g), zero.reshape(r, g)
 
 
+def requantize_on_grid(w, group_size: int, kept: QuantizedMatrix) -> QuantizedMatrix:
+    """``w`` (float ``[N, K]``, close to what ``kept`` holds) on ``kept``'s grid:
+    each value rounds to the nearest level of its own scale and zero point, so a
+    value that moved by less than half a step keeps its code. A row (int8) or
+    group (int4) that no longer fits its range is chosen afresh by the usual rule.
+    """
+    w = np.asarray(w, np.float32)
+    if kept.codes.shape == w.shape:  # int8
+        q = np.round(w / kept.scale[:, None])
+        out = np.abs(q).max(axis=1) > 127
+        codes, scale = np.clip(q, -127, 127).astype(np.int8), kept.scale.copy()
+        if out.any():
+            codes[out], scale[out] = _int8_rows(w[out])
+        return QuantizedMatrix(codes, scale, None)
+    n, k = w.shape
+    g = kept.scale.shape[1]
+    gs = k if group_size == -1 else min(group_size, k)
+    padded = np.zeros((n, g * gs), np.float32)
+    padded[:, :k] = w
+    zero = np.zeros_like(kept.scale) if kept.zero is None else kept.zero.astype(np.float32)
+    q = np.round(padded.reshape(n, g, gs) / kept.scale[..., None]) + zero[..., None]
+    out = (q.min(axis=-1) < -8) | (q.max(axis=-1) > 7)  # [N, G]
+    codes = np.clip(q, -8, 7).astype(np.int8).reshape(n, g * gs)[:, :k]
+    scale, zero = kept.scale.copy(), None if kept.zero is None else kept.zero.copy()
+    rows = np.flatnonzero(out.any(axis=1))
+    if rows.size:
+        fresh = quantize_int4(w[rows], group_size, kept.zero is None)
+        grown = out[rows]
+        fresh_codes = unpack_int4(fresh.codes, k).reshape(rows.size, -1)
+        padded_codes = np.zeros((rows.size, g * gs), np.int8)
+        padded_codes[:, :k] = fresh_codes
+        old = np.zeros((rows.size, g * gs), np.int8)
+        old[:, :k] = codes[rows]
+        mask = np.repeat(grown, gs, axis=1)
+        codes[rows] = np.where(mask, padded_codes, old)[:, :k]
+        scale[rows] = np.where(grown, fresh.scale, scale[rows])
+        if zero is not None:
+            zero[rows] = np.where(grown, fresh.zero, zero[rows])
+    return QuantizedMatrix(pack_int4(codes), scale, zero)
+
+
 def pack_int4(codes: np.ndarray) -> np.ndarray:
     """Pack int4 codes in [-8, 7] along the last axis: even index in the low nibble."""
     if codes.shape[-1] % 2:

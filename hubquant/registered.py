@@ -20,6 +20,7 @@ from keras_hub.models import Backbone, Task
 
 from hubquant import keras_internals as internals
 from hubquant._version import __version__
+from hubquant.lora import lora_state, restore_lora
 from hubquant.plan import Plan
 from hubquant.surgery import build_skeleton
 
@@ -42,12 +43,15 @@ class HubquantBackboneMixin:
         config.update(dropped_arguments(self, config))
 
         config["hubquant"] = {"plan": self.hubquant_plan.to_dict(), "version": __version__}
+        if adapters := lora_state(self):
+            config["hubquant"]["lora"] = adapters
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        plan = Plan.from_dict(config.pop("hubquant")["plan"])
+        saved = config.pop("hubquant")
+        plan = Plan.from_dict(saved["plan"])
         dtype = config.get("dtype")
         if dtype is None or _is_policy_map(dtype):
             # Expert banks get their quantized policy from build_skeleton: their
@@ -58,6 +62,7 @@ class HubquantBackboneMixin:
         build_skeleton(backbone, plan)
         internals.initialize_deferred(backbone)
         object.__setattr__(backbone, "hubquant_plan", plan)
+        restore_lora(backbone, saved.get("lora"))
         return backbone
 
 

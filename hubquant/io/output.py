@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import tempfile
+import traceback
 from pathlib import Path
 
 from hubquant.errors import OutputError
@@ -32,8 +33,9 @@ def check_target(target: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def staged_output(target: str | Path, overwrite: bool = False, needs: int = 0):
     """Yield a temporary folder; on success it becomes ``target``. ``needs``: the
-    bytes about to be written, checked against the free space first (HDF5 can
-    crash the process when a disk fills under it)."""
+    bytes about to be written, checked against the free space first. Any
+    ``OSError`` (a disk that fills anyway, say) becomes an ``OutputError``, and
+    the staging folder and the parent folders made are removed."""
     target = Path(target).absolute()
     if target.is_symlink():  # write where the link points; the link stays
         target = target.resolve()
@@ -42,27 +44,43 @@ def staged_output(target: str | Path, overwrite: bool = False, needs: int = 0):
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(target)
-        _check_space(target, needs, created)
+        _check_space(target, needs)
         prefix = f".{target.name}.partial-{os.getpid()}-"
         stage = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-    except OSError as e:
-        raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
+    except BaseException as e:
+        _remove_empty(created)  # leave nothing behind, not even the parents made
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
+        raise
     try:
         yield stage
         _replace(stage, target, overwrite)
-    except OSError as e:
+    except BaseException as e:
+        _release(e)
         shutil.rmtree(stage, ignore_errors=True)
-        raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write output '{target}': {reason(e)}") from None
         raise
 
 
-def _check_space(target: Path, needs: int, created: list[Path]) -> None:
+def _release(error: BaseException | None) -> None:
+    """Let a failed writer's objects close their files now, while the stage exists
+    (Keras leaves a temporary file open): clear the frames its errors hold."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _check_space(target: Path, needs: int) -> None:
     free = shutil.disk_usage(target.parent).free
     if needs + (1 << 20) > free:  # a MiB for metadata and tokenizer files
-        for folder in created:  # leave nothing behind, not even the parents made
-            folder.rmdir()
         raise OutputError(
             f"cannot write output '{target}': no space left on the device (about "
             f"{(needs + (1 << 20)) / 2**20:,.1f} MiB needed, {free / 2**20:,.1f} MiB free)"
@@ -116,6 +134,8 @@ def _replace(stage: Path, target: Path, overwrite: bool) -> None:
 def reason(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "no space left on the device"
+    if e.errno == errno.EFBIG:
+        return "file too large for the device or the file-size limit (ulimit -f)"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission denied (read-only location?)"
     return e.strerror or str(e)

@@ -21,6 +21,7 @@ from hubquant.io.artefact import (
     read_json,
     read_metadata,
 )
+from hubquant.io.hdf5_files import hdf5_through_python
 from hubquant.io.reproducible import (
     normalize_keras_archive,
     normalize_metadata_json,
@@ -64,13 +65,15 @@ def save_preset(model, folder: Path) -> None:
     from hubquant.io.tokenizers import keep_special_tokens
 
     keep_special_tokens(model)
-    model.save_to_preset(str(folder))
+    with hdf5_through_python():
+        model.save_to_preset(str(folder))
     normalize_metadata_json(folder / "metadata.json")
     normalize_preset_json(folder)
 
 
 def save_keras(model, folder: Path) -> None:
-    model.save(str(folder / KERAS_FILE))
+    with hdf5_through_python():  # Keras writes the weights to disk first when memory is short
+        model.save(str(folder / KERAS_FILE))
     normalize_keras_archive(folder / KERAS_FILE)
 
 

@@ -19,7 +19,7 @@ from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 
 from hubquant import quantizers
 from hubquant.errors import WeightsError
-from hubquant.keras_internals import unlocked
+from hubquant.keras_internals import float_policy_name, unlocked
 from hubquant.layers import products
 
 MODES = ("int8", "int4")
@@ -358,9 +358,7 @@ def source_dtype_of(layer) -> str:
     policy = layer.dtype_policy
     if isinstance(policy, DTypePolicyMap):
         policy = policy[layer.path]
-    if policy.quantization_mode is not None:
-        return policy.source_name
-    return policy.name
+    return float_policy_name(policy)
 
 
 def _quantize(matrix, spec: MatrixSpec, path: str) -> quantizers.QuantizedMatrix:

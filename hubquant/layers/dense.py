@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import keras
+import numpy as np
 from keras import ops
 
-from hubquant.layers import products
+from hubquant import quantizers
+from hubquant.keras_internals import float_policy_name, unlocked
+from hubquant.layers import lora, products
 from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 from hubquant.layers.layout import KernelLayout
 
@@ -41,6 +46,8 @@ class _QuantProjection(QuantizedLayerMixin):
             x = x * ops.cast(self.layout.output_scale(self.kernel_scale), x.dtype)
         else:
             x = self._project(inputs, self.kernel)
+        if self.lora_enabled:
+            x = ops.add(x, self._lora_output(inputs))
         if self.bias is not None:
             x = ops.add(x, self.bias)
         if self.activation is not None:
@@ -50,10 +57,85 @@ class _QuantProjection(QuantizedLayerMixin):
     _int8_call = _quantized_forward
     _int4_call = _quantized_forward
 
-    def enable_lora(self, *args, **kwargs):
-        if getattr(self, "_is_quantized", False):
-            raise ValueError(f"Layer '{self.path}': LoRA on a hubquant layer is not supported.")
-        return super().enable_lora(*args, **kwargs)
+    # -- LoRA -----------------------------------------------------------------
+    def enable_lora(self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"):
+        """Keras' LoRA on the quantized kernel: ``A [.., rank]`` and ``B [rank, out]``
+        (float32, the only trainable weights); the codes stay frozen and are
+        never dequantized into a stored float copy."""
+        if not getattr(self, "_is_quantized", False):
+            return super().enable_lora(rank, lora_alpha, a_initializer, b_initializer)
+        lora.check_rank(self, rank)
+        shape = self.layout.shape
+        with unlocked(self):
+            self.lora_kernel_a = lora.add_factor(self, "a", (*shape[:-1], rank), a_initializer)
+            self.lora_kernel_b = lora.add_factor(self, "b", (rank, shape[-1]), b_initializer)
+        if self.bias is not None:
+            self.bias.trainable = False
+        self.lora_enabled = True
+        self.lora_rank = rank
+        self.lora_alpha = rank if lora_alpha is None else lora_alpha
+
+    def lora_delta(self):
+        """The adapter's kernel ``A B * alpha / rank`` in Keras' kernel layout (float32)."""
+        delta = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
+        return delta * (self.lora_alpha / self.lora_rank)
+
+    def _lora_output(self, inputs):
+        delta = ops.cast(self.lora_delta(), self.compute_dtype)
+        return self._project(inputs, delta)
+
+    def merge_adapter(self) -> None:
+        """Fold the adapter into the codes on the layer's own grid: its scales and
+        zero points (GPTQ's, AWQ's input scale) are kept and each code moves to the
+        level nearest ``W + A B * alpha / rank``, so codes whose weight moved by
+        less than half a step stay as calibration left them; only a row or group
+        the adapter pushed out of its range gets a new scale."""
+        spec = self.hubquant_specs["kernel"]
+        parts = [np.asarray(p) for p in self._matrix_parts("kernel")]
+        w = np.asarray(self._dequantized("kernel", "float32"))
+        w = w + self.layout.to_matrix(np.asarray(self.lora_delta()))
+        if spec.input_scale:
+            w = w / parts[-1][None, :]
+        kept = quantizers.QuantizedMatrix(parts[0], parts[1], parts[2] if spec.has_zero else None)
+        merged = quantizers.requantize_on_grid(w, spec.group_size, kept)
+        self.kernel_codes.assign(merged.codes)
+        self.kernel_scale.assign(merged.scale)
+        if merged.zero is not None:
+            self.kernel_zero.assign(merged.zero)
+        self._drop_adapter()
+
+    def _drop_adapter(self) -> None:
+        with unlocked(self):
+            self._drop_variable("lora_kernel_a")
+            self._drop_variable("lora_kernel_b")
+        self.lora_enabled = False
+        self.lora_rank = None
+
+    def unquantize_with_adapter(self):
+        """Turn back into the float layer holding ``W + A B * alpha / rank`` (in the
+        float dtype it was quantized from), adapter and codes dropped; returns the
+        input scale AWQ held in the layer (``[K]``), or None. The merge quantizes
+        the layer again straight away."""
+        spec = self.hubquant_specs["kernel"]
+        kernel = self.layout.from_matrix(self._dequantized("kernel", "float32"))
+        held = np.asarray(self.kernel_input_scale) if spec.input_scale else None
+        policy = keras.dtype_policies.get(float_policy_name(self.dtype_policy))
+        kernel = ops.cast(ops.add(kernel, self.lora_delta()), policy.variable_dtype)
+        with unlocked(self):
+            for suffix in spec.variable_shapes():
+                self._drop_variable(f"kernel_{suffix}")
+            self._kernel = self.add_weight(
+                name="kernel",
+                shape=self.layout.shape,
+                dtype=policy.variable_dtype,
+                initializer=lambda *a, **k: kernel,
+                trainable=False,
+            )
+        self.hubquant_specs["kernel"] = replace(spec, input_scale=False, input_scale_rows=1)
+        self._is_quantized = False
+        self._drop_adapter()
+        self.dtype_policy = policy
+        return held
 
 
 @keras.saving.register_keras_serializable(package="hubquant")
@@ -71,6 +153,10 @@ class QuantDense(_QuantProjection, keras.layers.Dense):
 
     def _project(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
+
+    def _lora_output(self, inputs):
+        a, b = (ops.cast(v, self.compute_dtype) for v in (self.lora_kernel_a, self.lora_kernel_b))
+        return ops.matmul(ops.matmul(inputs, a), b) * (self.lora_alpha / self.lora_rank)
 
     def row_map(self, inputs) -> products.RowMap:
         return products.dense_row_map(len(inputs.shape), self.units)
