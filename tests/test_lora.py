@@ -7,7 +7,9 @@ import pytest
 from conftest import logits
 
 import hubquant
+from hubquant.config import parse_config
 from hubquant.errors import HubquantError
+from hubquant.io.hf_export import export_hf
 from hubquant.paths import layer_at
 
 RANK = 2
@@ -181,4 +183,71 @@ def test_merge_without_adapters_is_refused(fresh):
     assert str(e.value) == (
         "GemmaCausalLM has no LoRA adapter on a hubquant layer to merge: quantize, "
         "call backbone.enable_lora(rank) and train first."
+    )
+
+
+def _calibrated(fresh, algorithm: str):
+    lm = fresh("gemma")
+    config = parse_config(
+        f"default: {{mode: int4, group_size: 32, algorithm: {algorithm}}}\n"
+        "rules:\n  - {match: {role: 'embed*'}, mode: int8, algorithm: rtn}\n",
+        "c.yaml",
+    )
+    tokens, _ = _tokens(3)
+    hubquant.apply_plan(lm, hubquant.plan_for(lm, config), calibration=tokens["token_ids"])
+    return lm, tokens["token_ids"]
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_calibrated_layers_take_adapters_and_merge_keeps_their_scales(fresh, inputs, algorithm):
+    lm, _ = _calibrated(fresh, algorithm)
+    before = logits(lm, inputs)
+    keras.utils.set_random_seed(0)
+    lm.backbone.enable_lora(RANK, target_layer_names=list(TARGETS))
+    assert np.array_equal(logits(lm, inputs), before)
+    layer = lm.backbone.transformer_layers[0].attention.value_dense
+    scale = np.asarray(layer.kernel_scale)
+    held = (
+        [np.asarray(layer.kernel_input_scale)] if layer.hubquant_specs["kernel"].input_scale else []
+    )
+    layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 1e-4, "float32"))
+    plan = hubquant.merge_lora(lm)
+    assert np.array_equal(np.asarray(layer.kernel_scale), scale)  # a small delta keeps the grid
+    if held:  # AWQ's input scale held in the layer stays as it was
+        assert np.array_equal(np.asarray(layer.kernel_input_scale), held[0])
+    assert {e.algorithm for e in plan.quantized if e.block is not None} == {algorithm}
+
+
+def test_merge_with_calibration_calibrates_gptq_layers_again(fresh, inputs):
+    lm, tokens = _calibrated(fresh, "gptq")
+    keras.utils.set_random_seed(0)
+    lm.backbone.enable_lora(RANK, target_layer_names=["value"])
+    layer = lm.backbone.transformer_layers[0].attention.value_dense
+    layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.01, "float32"))
+    adapted = logits(lm, inputs)
+    plan = hubquant.merge_lora(lm, calibration=tokens)
+    assert not any("lora" in w.path for w in lm.weights)
+    assert layer.quantization_mode == "int4"
+    assert {e.algorithm for e in plan.quantized if e.role == "attn.v"} == {"gptq"}
+    error = np.mean((logits(lm, inputs) - adapted) ** 2) / np.mean(adapted**2)
+    assert error < 1e-3
+
+
+def test_export_with_adapters_is_refused(trained, tmp_path):
+    lm, _, _ = trained
+    with pytest.raises(HubquantError) as e:
+        export_hf(lm, tmp_path)
+    assert str(e.value) == (
+        "the model has LoRA adapters, which a compressed-tensors folder cannot hold: "
+        "fold them in first with hubquant.merge_lora(model)."
+    )
+
+
+def test_lora_on_a_quantized_token_table_is_refused(fresh):
+    lm = fresh("gemma")
+    hubquant.quantize(lm, "int8")
+    with pytest.raises(HubquantError) as e:
+        lm.backbone.enable_lora(RANK, target_layer_names=["token_embedding"])
+    assert str(e.value).startswith(
+        "layer 'token_embedding': LoRA on a quantized token table is not supported"
     )

@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 from keras.layers import ReversibleEmbedding
 
+from hubquant.errors import HubquantError
 from hubquant.layers import products
 from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 
@@ -36,6 +37,15 @@ class _QuantTable(QuantizedLayerMixin):
                 name="reverse_embeddings",
                 dtype=dtype,
             )
+
+    def enable_lora(self, *args, **kwargs):
+        if getattr(self, "_is_quantized", False):
+            raise HubquantError(
+                f"layer '{self.path}': LoRA on a quantized token table is not supported "
+                "(Keras would train a float [vocab, rank] table beside it); adapt the "
+                "attention and MLP projections, or keep the table float (mode: none)."
+            )
+        return super().enable_lora(*args, **kwargs)
 
     @property
     def embeddings(self):
