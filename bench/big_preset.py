@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 from keras.src.saving import saving_lib
 
-from hubquant.stream import deferred_variables
+from hubquant.keras_internals import deferred_variables
 from hubquant.synthetic import gemma_tokenizer
 
 # The configurations of KerasHub's gemma_2b_en and gemma_7b_en presets.

@@ -3,10 +3,11 @@ LoRA and Keras' own int4 LoRA, same model, same run.
 
     python bench/qlora.py [--preset P] [--rank 4] [--steps 10] [--batch 4] [--seq-len 128]
 
-Each row trains in its own process (so peak RSS is that row's alone): load the
-model (the built-in synthetic default unless ``--preset``), quantize it as the
-row says, ``backbone.enable_lora(rank)``, then time ``--steps`` optimizer steps
-after two warm-up steps on fixed random tokens.
+Each row trains in its own process (so peak RSS is that row's alone): the model
+(the built-in synthetic default unless ``--preset``) loaded as a user of each
+tool would (float, then Keras' ``quantize``; hubquant's rows streamed, never
+holding the float model), ``backbone.enable_lora(rank)``, then ``--steps``
+optimizer steps timed after two warm-up steps on fixed random tokens.
 """
 
 from __future__ import annotations
@@ -33,14 +34,10 @@ def _model(preset: str | None):
 
 
 def _quantize(lm, row: str) -> None:
-    import hubquant
-
     if row == "keras_int4":
         from keras.quantizers import Int4QuantizationConfig
 
         lm.backbone.quantize("int4", config=Int4QuantizationConfig(block_size=128))
-    elif row.startswith("hubquant_"):
-        hubquant.quantize(lm, row.removeprefix("hubquant_"))
 
 
 def _loss(result) -> float:
@@ -54,8 +51,14 @@ def run_row(row: str, args) -> dict:
     import keras
     import numpy as np
 
-    lm = _model(args.preset)
-    _quantize(lm, row)
+    if row.startswith("hubquant_"):  # streamed: the float model is never held whole
+        import hubquant
+
+        preset = args.preset or "synthetic-gemma"
+        lm, _ = hubquant.prepare(preset, row.removeprefix("hubquant_")).quantize()
+    else:
+        lm = _model(args.preset)
+        _quantize(lm, row)
     lm.backbone.enable_lora(args.rank)
     lm.preprocessor = None
     lm.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -100,7 +103,7 @@ def main() -> None:
         results.append(json.loads(out.strip().splitlines()[-1]))
     base = results[0]
     print(
-        f"{'row':15s} {'s/step':>8s} {'x float':>8s} {'peak GiB':>9s} {'x float':>8s} "
+        f"{'row':15s} {'s/step':>8s} {'speed x':>8s} {'peak GiB':>9s} {'memory x':>8s} "
         f"{'trainable':>10s} {'loss first->last':>18s}"
     )
     for r in results:

@@ -7,7 +7,7 @@ from pathlib import Path
 from hubquant import registered, stream, surgery
 from hubquant.calibrate.run import calibrate_plan, needs_calibration
 from hubquant.config import Config
-from hubquant.lora import merge_lora as merge_lora
+from hubquant.merge import merge_lora as merge_lora
 from hubquant.paths import backbone_of
 from hubquant.plan import Plan
 from hubquant.planning import plan_for
@@ -76,6 +76,9 @@ def apply(
 
     What ``hubquant apply`` runs; see ``prepare`` for ``preset``.
     """
+    from hubquant.io.output import check_target
+
+    check_target(Path(output).absolute(), overwrite)  # before the minutes of work
     model, plan = prepare(preset, config, recipe, strict).quantize(on_layer)
     save(model, output, formats, overwrite=overwrite)
     return plan
@@ -89,11 +92,14 @@ def save(
 ) -> Path:
     """Write a quantized model into the folder ``output``, all or nothing."""
     from hubquant.io import preset
+    from hubquant.io.hf_export import check_no_adapters
     from hubquant.io.output import staged_output
     from hubquant.io.safetensors_format import nbytes
 
     plan = backbone_of(model).hubquant_plan
     writers = preset.writers(formats)
+    if "hf" in formats:
+        check_no_adapters(backbone_of(model))  # before anything is written
     weights = sum(nbytes(v) for v in model.weights)
     with staged_output(output, overwrite, needs=weights * len(writers)) as stage:
         for write in writers:

@@ -28,9 +28,11 @@ def deferred_variables():
     off that list here, so only hubquant decides when each one is filled.
     """
     before = list(global_state.get_global_attribute("uninitialized_variables") or [])
-    with keras.StatelessScope(initialize_variables=False):
-        yield
-    global_state.set_global_attribute("uninitialized_variables", before)
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", before)
 
 
 def is_unset(variable) -> bool:
@@ -95,7 +97,8 @@ def h5_group(store):
 @contextlib.contextmanager
 def h5_file_opener(open_file):
     """While inside, Keras opens each HDF5 weights file with
-    ``open_file(keras_open, store, path, mode)`` (``keras_open``: its own way)."""
+    ``open_file(keras_open, store, path, mode)`` (``keras_open``: its own way).
+    A process-wide swap: hubquant saves one model at a time."""
     from keras.src.saving.saving_lib import H5IOStore
 
     keras_open = H5IOStore._get_h5_file

@@ -12,7 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from hubquant import quantizers
 from hubquant.calibrate.calibration import Calibration, parse_calibration
-from hubquant.config import ALGORITHMS, MODES
+from hubquant.config import ALGORITHMS, MODES, parse_config
 from hubquant.errors import ArtefactError, ConfigError
 
 FORMAT_VERSION = 1
@@ -191,8 +191,8 @@ class Plan:
             "unmatched_rules": list(self.unmatched_rules),
             "config_text": self.config_text,
             "recipe_text": self.recipe_text,
-            "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "entries": [e.to_dict() for e in self.entries],
+            **({} if self.calibration is None else {"calibration": self.calibration.to_dict()}),
         }
 
     @classmethod
@@ -221,7 +221,7 @@ class Plan:
             unmatched_rules=tuple(data.get("unmatched_rules", ())),
             config_text=data.get("config_text", ""),
             recipe_text=data.get("recipe_text", ""),
-            calibration=_saved_calibration(data.get("calibration")),
+            calibration=_saved_calibration(data),
             entries=tuple(
                 PlanEntry.from_dict(_checked_entry(e, i)) for i, e in enumerate(entries, 1)
             ),
@@ -231,9 +231,13 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
 
-def _saved_calibration(raw: object) -> Calibration | None:
+def _saved_calibration(data: dict) -> Calibration | None:
+    """The Plan's calibration; a Plan saved before it carried one has it in its config."""
     try:
-        return parse_calibration(raw, "the saved Plan")
+        if "calibration" in data:
+            return parse_calibration(data["calibration"], "the saved Plan")
+        text = data.get("config_text")
+        return parse_config(text, "the saved Plan's config").calibration if text else None
     except ConfigError as e:
         raise ArtefactError(str(e)) from None
 

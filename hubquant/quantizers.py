@@ -164,14 +164,14 @@ def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int, channel: np.ndar
     return codes.reshape(r, g * gs)[:, :k], scale.reshape(r, g), zero.reshape(r, g)
 
 
-def requantize_on_grid(w, group_size: int, kept: QuantizedMatrix) -> QuantizedMatrix:
+def requantize_on_grid(w, mode: str, group_size: int, kept: QuantizedMatrix) -> QuantizedMatrix:
     """``w`` (float ``[N, K]``, close to what ``kept`` holds) on ``kept``'s grid:
     each value rounds to the nearest level of its own scale and zero point, so a
     value that moved by less than half a step keeps its code. A row (int8) or
     group (int4) that no longer fits its range is chosen afresh by the usual rule.
     """
-    w = np.asarray(w, np.float32)
-    if kept.codes.shape == w.shape:  # int8
+    w = as_rows(w)(0, np.shape(w)[0])  # float32; NaN or Inf refused (NonFiniteWeights)
+    if mode == "int8":
         q = np.round(w / kept.scale[:, None])
         out = np.abs(q).max(axis=1) > 127
         codes, scale = np.clip(q, -127, 127).astype(np.int8), kept.scale.copy()

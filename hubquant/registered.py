@@ -20,7 +20,7 @@ from keras_hub.models import Backbone, Task
 
 from hubquant import keras_internals as internals
 from hubquant._version import __version__
-from hubquant.lora import lora_state, restore_lora
+from hubquant.layers.lora import lora_state, restore_lora
 from hubquant.plan import Plan
 from hubquant.surgery import build_skeleton
 

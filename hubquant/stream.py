@@ -23,7 +23,12 @@ import numpy as np
 from hubquant import keras_internals as internals
 from hubquant import registered, surgery
 from hubquant._memory import release_free_memory
-from hubquant.calibrate.run import calibrate_plan, calibrated_by_block, needs_calibration
+from hubquant.calibrate.run import (
+    calibrate_plan,
+    calibrated_by_block,
+    calibration_for,
+    needs_calibration,
+)
 from hubquant.errors import PresetError, first_line
 from hubquant.layers.base import FloatMatrix
 from hubquant.paths import backbone_of, layer_at
@@ -44,9 +49,9 @@ class Pending:
     plan: Plan
     loader: object
 
-    def quantize(self, on_layer=None):
+    def quantize(self, on_layer=None, calibration=None):
         """``(model, plan)``: read the weights, quantizing as they arrive (see ``read``)."""
-        return read(self, on_layer)
+        return read(self, on_layer, calibration)
 
 
 def stream_quantize(preset: str, config, recipe=None, strict: bool = False, on_layer=None):
@@ -78,6 +83,8 @@ def read(pending: Pending, on_layer=None, calibration=None):
     model, plan = pending.model, pending.plan
     backbone = backbone_of(model)
     calibrated = needs_calibration(plan)
+    if calibrated and not isinstance(calibration, np.ndarray):
+        calibration_for(plan, calibration)  # no text: say so before reading anything
     later = (
         {a for attrs in calibrated_by_block(plan).values() for a in attrs} if calibrated else set()
     )

@@ -13,6 +13,7 @@ import functools
 import io
 import shutil
 import tempfile
+from pathlib import Path
 
 import keras
 import keras_hub
@@ -117,13 +118,19 @@ def default_causal_lm() -> keras_hub.models.GemmaCausalLM:
     )
 
 
-@functools.cache
 def default_preset() -> str:
     """The built-in default as a KerasHub preset folder, written once per process
     (removed at exit), so ``apply`` streams it like any other preset."""
+    folder = _default_folder()
+    if not (Path(folder) / "config.json").is_file():  # new, or removed meanwhile
+        default_causal_lm().save_to_preset(folder)
+    return folder
+
+
+@functools.cache
+def _default_folder() -> str:
     folder = tempfile.mkdtemp(prefix="hubquant-default-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    default_causal_lm().save_to_preset(folder)
     return folder
 
 

@@ -13,7 +13,7 @@ Per rule, ``gptq: {damping: 0.01, act_order: false, block_size: 128}`` and
 from __future__ import annotations
 
 import glob
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +55,15 @@ class Calibration:
     num_samples: int = 128
     seq_len: int = 512
     seed: int = 0
-    source: str = ""
+    source: str = field(default="", compare=False)  # where it was read, not data
 
     def with_files(self, files: tuple[str, ...]) -> Calibration:
         return replace(self, files=tuple(files))
 
     def to_dict(self) -> dict:
         """The section as a config would give it (``source`` is where it came from, not data)."""
-        return {k: v for k, v in asdict(self).items() if k != "source"}
+        data = {k: v for k, v in asdict(self).items() if k != "source"}
+        return {**data, "files": list(self.files)}
 
 
 def parse_calibration(raw: object, source: str) -> Calibration | None:

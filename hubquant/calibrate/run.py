@@ -36,8 +36,8 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_bl
     Plan as applied (fallbacks to round-to-nearest and AWQ folds recorded,
     ``notes`` set).
 
-    ``calibration``: a ``Calibration`` (default: the config's section), or the
-    token ids themselves (int ``[samples, seq_len]``). ``before_block(attrs)``:
+    ``calibration``: a ``Calibration`` (default: the one the Plan carries, from
+    its config), or the token ids themselves (int ``[samples, seq_len]``). ``before_block(attrs)``:
     called with a block's calibrated layers before it runs (the streaming
     path reads their float matrices then). Layers already quantized (while
     streaming) are left as they are.
@@ -46,7 +46,7 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_bl
     if isinstance(calibration, np.ndarray):
         tokens = calibration.astype("int32")
     else:
-        tokens = calibration_tokens(model, _calibration_for(plan, calibration))
+        tokens = calibration_tokens(model, calibration_for(plan, calibration))
     by_block, direct, notes = _split(plan)
     for attr, entries in direct.items():
         _quantize_rtn(backbone, attr, entries, on_layer)
@@ -95,7 +95,7 @@ def calibrated_by_block(plan: Plan) -> dict[int, dict[str, list[PlanEntry]]]:
     return _split(plan)[0]
 
 
-def _calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:
+def calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:
     """``calibration``, else the one the Plan carries; a calibrated layer needs text."""
     cal = plan.calibration if calibration is None else calibration
     if cal is None or not cal.files:

@@ -29,9 +29,17 @@ from keras_hub.models import Task
 from hubquant.errors import HubquantError
 from hubquant.io.st_writer import spec_of, write_safetensors
 from hubquant.keras_internals import hf_exporter
-from hubquant.lora import lora_state
+from hubquant.layers.lora import lora_state
 from hubquant.plan import PlanEntry
 from hubquant.quantizers import unpack_int4
+
+
+def check_no_adapters(backbone) -> None:
+    if lora_state(backbone):
+        raise HubquantError(
+            "the model has LoRA adapters, which a compressed-tensors folder cannot hold: "
+            "fold them in first with hubquant.merge_lora(model)."
+        )
 
 
 def export_hf(model, folder: Path) -> None:
@@ -41,11 +49,7 @@ def export_hf(model, folder: Path) -> None:
     family = type(backbone)._hubquant_base.__name__
     get_config, get_weights = _mapping(exporter, family)
     plan = backbone.hubquant_plan
-    if lora_state(backbone):
-        raise HubquantError(
-            "the model has LoRA adapters, which a compressed-tensors folder cannot hold: "
-            "fold them in first with hubquant.merge_lora(model)."
-        )
+    check_no_adapters(backbone)
     check_exportable(plan, family)
     linears = [e for e in plan.quantized if _is_linear(e)]
     config = get_config(backbone)

@@ -97,7 +97,7 @@ class _QuantProjection(QuantizedLayerMixin):
         if spec.input_scale:
             w = w / parts[-1][None, :]
         kept = quantizers.QuantizedMatrix(parts[0], parts[1], parts[2] if spec.has_zero else None)
-        merged = quantizers.requantize_on_grid(w, spec.group_size, kept)
+        merged = quantizers.requantize_on_grid(w, spec.mode, spec.group_size, kept)
         self.kernel_codes.assign(merged.codes)
         self.kernel_scale.assign(merged.scale)
         if merged.zero is not None:
@@ -111,14 +111,13 @@ class _QuantProjection(QuantizedLayerMixin):
         self.lora_enabled = False
         self.lora_rank = None
 
-    def unquantize_with_adapter(self):
+    def unquantize_with_adapter(self) -> None:
         """Turn back into the float layer holding ``W + A B * alpha / rank`` (in the
-        float dtype it was quantized from), adapter and codes dropped; returns the
-        input scale AWQ held in the layer (``[K]``), or None. The merge quantizes
-        the layer again straight away."""
+        float dtype it was quantized from), adapter and codes dropped (GPTQ and
+        imatrix layers, which hold no input scale). The merge calibrates the layer
+        again straight away."""
         spec = self.hubquant_specs["kernel"]
         kernel = self.layout.from_matrix(self._dequantized("kernel", "float32"))
-        held = np.asarray(self.kernel_input_scale) if spec.input_scale else None
         policy = keras.dtype_policies.get(float_policy_name(self.dtype_policy))
         kernel = ops.cast(ops.add(kernel, self.lora_delta()), policy.variable_dtype)
         with unlocked(self):
@@ -135,7 +134,6 @@ class _QuantProjection(QuantizedLayerMixin):
         self._is_quantized = False
         self._drop_adapter()
         self.dtype_policy = policy
-        return held
 
 
 @keras.saving.register_keras_serializable(package="hubquant")
