@@ -67,6 +67,26 @@ def unlocked(layer):
         layer._tracker.lock()
 
 
+def own_variables(layer) -> list:
+    """The variables a layer created itself (not those of layers inside it)."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def forget_variable(layer, variable) -> None:
+    """Stop ``layer`` tracking ``variable`` (without Keras' per-call garbage collection)."""
+    layer._untrack_variable(variable)
+
+
+@contextlib.contextmanager
+def dtype_policy_as(layer, policy):
+    """``layer``'s dtype policy set to ``policy`` while inside (no rebuild, nothing cast)."""
+    saved, layer._dtype_policy = layer._dtype_policy, policy
+    try:
+        yield
+    finally:
+        layer._dtype_policy = saved
+
+
 def all_layers(model) -> list:
     """Every layer inside ``model`` (not ``model`` itself), nested ones included,
     in the order KerasHub numbers them."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 
 from hubquant.errors import PresetError, first_line
+from hubquant.keras_internals import own_variables
 
 # Tiny sizes: every layer kind still exists, nothing is large.
 _TINY = {
@@ -230,7 +231,7 @@ def _guess(path: str, table, taken: set) -> str | None:
 
 
 def _own_weights(layer) -> list:
-    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+    return own_variables(layer)
 
 
 def _is_variable(value) -> bool:

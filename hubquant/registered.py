@@ -35,11 +35,8 @@ class HubquantBackboneMixin:
     def get_config(self):
         # Hand KerasHub the Plan's policy map: its own map building fails when
         # two quantized layers share a path (SmolLM3 names every o_proj alike).
-        saved, self._dtype_policy = self._dtype_policy, dtype_map(self.hubquant_plan)
-        try:
+        with internals.dtype_policy_as(self, dtype_map(self.hubquant_plan)):
             config = super().get_config()
-        finally:
-            self._dtype_policy = saved
         config.update(dropped_arguments(self, config))
 
         config["hubquant"] = {"plan": self.hubquant_plan.to_dict(), "version": __version__}

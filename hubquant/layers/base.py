@@ -19,7 +19,7 @@ from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 
 from hubquant import quantizers
 from hubquant.errors import WeightsError
-from hubquant.keras_internals import float_policy_name, unlocked
+from hubquant.keras_internals import float_policy_name, forget_variable, unlocked
 from hubquant.layers import products
 
 MODES = ("int8", "int4")
@@ -182,7 +182,7 @@ class QuantizedLayerMixin:
         """Forget a variable without Keras' per-call garbage collection."""
         var = getattr(self, attr, None)
         if var is not None:
-            self._untrack_variable(var)
+            forget_variable(self, var)
             object.__delattr__(self, attr)
 
     def quantized_variables(self) -> list:
