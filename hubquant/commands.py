@@ -113,15 +113,14 @@ def _check_recipe(preset: str, recipe) -> None:
 
 
 def _with_calibration(config, files: list[str] | None):
-    """``config`` with ``--calibration`` files in place of its own; checked early."""
+    """``config`` with ``--calibration`` files in place of its own."""
     import dataclasses
 
-    from hubquant.calibrate.calibration import Calibration, require_calibration
+    from hubquant.calibrate.calibration import Calibration
 
     if files:
         base = config.calibration or Calibration(source="--calibration")
         config = dataclasses.replace(config, calibration=base.with_files(tuple(files)))
-    require_calibration(config)
     return config
 
 

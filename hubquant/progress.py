@@ -60,6 +60,16 @@ class Progress:
                 flush=True,
             )
 
+    def note(self, line: str) -> None:
+        """A line about work before the first layer (generating calibration
+        text); that time is not counted against any role."""
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False)
+        elif not self.quiet:
+            print(line, file=self.stream, flush=True)
+        if self.done == 0:
+            self.start = self.last = time.perf_counter()
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()

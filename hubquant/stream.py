@@ -12,6 +12,7 @@ the same quantizer over the same blocks of rows.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from dataclasses import dataclass
@@ -83,8 +84,8 @@ def read(pending: Pending, on_layer=None, calibration=None):
     model, plan = pending.model, pending.plan
     backbone = backbone_of(model)
     calibrated = needs_calibration(plan)
-    if calibrated and not isinstance(calibration, np.ndarray):
-        calibration_for(plan, calibration)  # no text: say so before reading anything
+    if calibrated:  # generated text (no files) comes from the float model, read first
+        calibration = _generated_first(pending, calibration, on_layer)
     later = (
         {a for attrs in calibrated_by_block(plan).values() for a in attrs} if calibrated else set()
     )
@@ -104,6 +105,32 @@ def read(pending: Pending, on_layer=None, calibration=None):
         plan = calibrate_plan(model, plan, calibration, on_layer, before_block)
     registered.mark_quantized(model, plan)
     return model, plan
+
+
+def _generated_first(pending: Pending, calibration, on_layer):
+    """``calibration``, or, where it has no files, the token ids the float
+    model generates. That model is loaded whole for it (generating runs every
+    block at every step) and dropped before streaming starts: it is the peak
+    memory of a self-calibrated apply, and its text is that of the float model,
+    not of one whose token table is already quantized."""
+    from hubquant.calibrate.calibration import calibration_tokens
+    from hubquant.calibrate.generate import require_generator
+    from hubquant.calibrate.run import reporter
+    from hubquant.float_preset import load_source
+
+    if isinstance(calibration, np.ndarray):
+        return calibration
+    cal = calibration_for(pending.plan, calibration)
+    if cal.files:
+        return cal
+    require_generator(pending.model)  # before minutes of loading
+    float_model = load_source(pending.loader.preset)
+    object.__setattr__(float_model, "hubquant_source", pending.loader.preset)
+    tokens = calibration_tokens(float_model, cal, reporter(on_layer))
+    del float_model
+    gc.collect()  # a Keras model holds cycles
+    release_free_memory()
+    return tokens
 
 
 def _later_variables(backbone, attrs) -> set[int]:

@@ -205,6 +205,13 @@ def _failing_write(error: OSError):
     return prepare
 
 
+def _bare_backbone(tmp: Path, _):
+    """``{in}/backbone``: a tiny Gemma saved without its tokenizer."""
+    from hubquant import synthetic
+
+    synthetic.gemma_causal_lm(seed=0).backbone.save_to_preset(str(tmp / "in" / "backbone"))
+
+
 def _recipe_that_does_not_fit() -> dict[str, str]:
     from hubquant.recipe import shipped_recipes
 
@@ -337,10 +344,34 @@ ROWS = {
             "calibration: {files: [README.md], num_samples: 100000000}\n"
         ),
     ),
+    "generate_count_not_positive": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: calibration: key 'generate.num_samples': expected a positive integer. "
+        "Received: generate.num_samples=0",
+        _config(
+            "default: {mode: int4, algorithm: gptq}\ncalibration: {generate: {num_samples: 0}}\n"
+        ),
+    ),
+    "generate_temperature_not_positive": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: calibration: key 'generate.temperature': expected a number > 0 (1.0 "
+        "samples the model's own distribution). Received: generate.temperature=-0.5",
+        _config(
+            "default: {mode: int4, algorithm: gptq}\ncalibration: {generate: {temperature: -0.5}}\n"
+        ),
+    ),
+    "self_calibrating_a_bare_backbone": Row(
+        "apply --preset {in}/backbone --config int4_gptq --output {out}",
+        "no calibration files are given, so hubquant would generate calibration text with the "
+        "model, but it is a bare backbone (GemmaBackbone), without tokenizer or LM head; give "
+        "text files (--calibration FILE, or 'files:' in the config's calibration section) or "
+        "a task preset (a CausalLM).",
+        prepare=_bare_backbone,
+    ),
     "config_not_found": Row(
         f"{APPLY} int5",
         "config 'int5' not found: not a file and not a shipped config "
-        "(shipped: encoder_int4, int4, int8, mixed)",
+        "(shipped: encoder_int4, int4, int4_gptq, int8, mixed)",
     ),
     # Presets and recipes
     "preset_folder_missing": Row(

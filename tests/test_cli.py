@@ -96,7 +96,7 @@ def test_cli_error_in_a_fresh_process_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "hubquant: error: config 'int5' not found: not a file and not a shipped config "
-        "(shipped: encoder_int4, int4, int8, mixed)"
+        "(shipped: encoder_int4, int4, int4_gptq, int8, mixed)"
     )
 
 

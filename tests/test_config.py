@@ -312,7 +312,7 @@ def test_shipped_configs_load_by_name(name):
 
 
 def test_shipped_configs_say_what_they_promise():
-    assert set(shipped_configs()) == {"encoder_int4", "int4", "int8", "mixed"}
+    assert set(shipped_configs()) == {"encoder_int4", "int4", "int4_gptq", "int8", "mixed"}
     int8, int4, mixed = (load_config(n) for n in ("int8", "int4", "mixed"))
     for role in KNOWN_ROLES:
         expected = "none" if role.endswith("router") else "int8"  # routers stay exact
@@ -360,7 +360,7 @@ def test_unknown_config_names_the_shipped_ones():
         load_config("int3")
     assert str(info.value) == (
         "config 'int3' not found: not a file and not a shipped config "
-        "(shipped: encoder_int4, int4, int8, mixed)"
+        "(shipped: encoder_int4, int4, int4_gptq, int8, mixed)"
     )
 
 

@@ -175,7 +175,7 @@ def test_save_and_load_round_trip_bitwise(family, fresh, tmp_path):
     assert_bitwise(outputs(from_keras, inputs), quantized)
 
 
-@pytest.mark.parametrize("config", ["int8", "int4", "mixed"])
+@pytest.mark.parametrize("config", ["int8", "int4", "int4_gptq", "mixed"])
 def test_shipped_configs_are_quiet_on_every_family(config, fresh):
     """A shipped config warns about no rule on any model a recipe serves (its
     family-specific rules say ``optional: true``), even under --strict."""

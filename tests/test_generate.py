@@ -1,0 +1,144 @@
+"""Calibration without a corpus: text the float model generates itself, seeded,
+batched, in the vocabulary; the shipped GPTQ config runs with no other flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras_hub
+import numpy as np
+import pytest
+
+import hubquant
+from hubquant import synthetic
+from hubquant.calibrate.generate import Generate, generated_tokens
+from hubquant.cli import main
+from hubquant.config import load_config, parse_config
+from hubquant.errors import ConfigError, HubquantError
+
+SHIPPED = Path(__file__).parent.parent / "configs" / "int4_gptq.yaml"
+SMALL = "generate: {num_samples: 32, seq_len: 256, temperature: 1.0}"
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return synthetic.llama3_causal_lm(seed=0)
+
+
+def _generate(model, seed: int, **counts) -> np.ndarray:
+    gen = Generate(**{"num_samples": 5, "seq_len": 12, "batch_size": 4, **counts})
+    return generated_tokens(model, gen, seed, report=lambda line: None)
+
+
+def test_same_seed_same_tokens_of_the_requested_shape_in_the_vocabulary(llama):
+    tokens = _generate(llama, seed=3)
+    assert tokens.shape == (5, 12) and tokens.dtype == np.int32
+    assert 0 <= tokens.min() and tokens.max() < llama.backbone.vocabulary_size
+    np.testing.assert_array_equal(_generate(llama, seed=3), tokens)
+    assert (_generate(llama, seed=4) != tokens).any()
+    start = llama.preprocessor.tokenizer.start_token_id
+    assert (tokens[:, 0] == start).all()  # every sample opens with the start token
+
+
+def test_batches_report_progress_and_a_partial_batch_is_cut(llama):
+    lines = []
+    gen = Generate(num_samples=5, seq_len=8, batch_size=2)
+    tokens = generated_tokens(llama, gen, 0, report=lines.append)
+    assert tokens.shape == (5, 8)
+    assert [line.split(" (")[0] for line in lines] == [
+        f"generated calibration text: {n}/5 samples of 8 tokens" for n in (2, 4, 5)
+    ]
+
+
+def test_generate_section_defaults_and_counts_from_the_section():
+    cal = parse_config("calibration: {seq_len: 64}\n", "c.yaml").calibration
+    assert cal.generate == Generate(num_samples=32, seq_len=64, temperature=1.0, batch_size=32)
+    text = "calibration: {num_samples: 8, generate: {num_samples: 2, temperature: 0.5}}\n"
+    cal = parse_config(text, "c.yaml").calibration
+    assert cal.generate == Generate(num_samples=2, seq_len=256, temperature=0.5)
+    shipped = load_config("int4_gptq")
+    assert shipped.calibration.files == ()
+    assert shipped.calibration.generate == Generate(num_samples=32, seq_len=256)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            "{generate: {num_samples: 0}}",
+            "key 'generate.num_samples': expected a positive integer. "
+            "Received: generate.num_samples=0",
+        ),
+        (
+            "{generate: {seq_len: -4}}",
+            "key 'generate.seq_len': expected a positive integer. Received: generate.seq_len=-4",
+        ),
+        (
+            "{generate: {temperature: 0}}",
+            "key 'generate.temperature': expected a number > 0 (1.0 samples the model's own "
+            "distribution). Received: generate.temperature=0",
+        ),
+        (
+            "{generate: {temperature: .inf}}",
+            "key 'generate.temperature': expected a number > 0 (1.0 samples the model's own "
+            "distribution). Received: generate.temperature=inf",
+        ),
+        (
+            "{generate: {samples: 4}}",
+            "key 'generate.samples': unknown key; expected one of num_samples, seq_len, "
+            "temperature, batch_size. Received: generate.samples=4",
+        ),
+        (
+            "{generate: 4}",
+            "key 'generate': expected a mapping with keys num_samples, seq_len, temperature, "
+            "batch_size. Received: generate=4",
+        ),
+    ],
+)
+def test_generate_section_errors(section, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"calibration: {section}\n", "c.yaml")
+    assert str(info.value) == f"c.yaml: calibration: {message}"
+
+
+def _small_shipped(tmp_path: Path) -> Path:
+    """configs/int4_gptq.yaml as shipped, but for a few short samples."""
+    text = SHIPPED.read_text()
+    assert SMALL in text
+    path = tmp_path / "int4_gptq.yaml"
+    path.write_text(text.replace(SMALL, "generate: {num_samples: 6, seq_len: 24}"))
+    return path
+
+
+def test_shipped_gptq_config_self_calibrates_a_preset(tmp_path, float_presets, capsys):
+    """No calibration files: the streamed apply generates text with the float
+    model and gives the same weights as quantizing the float model in memory."""
+    config = _small_shipped(tmp_path)
+    preset = str(float_presets["llama3"])
+    args = ["apply", "--preset", preset, "--config", str(config), "--output", str(tmp_path / "o")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "generated calibration text: 6/6 samples of 24 tokens" in out
+    assert "note:" not in out  # the shipped config is quiet
+    streamed = hubquant.load(tmp_path / "o")
+    in_memory = keras_hub.models.CausalLM.from_preset(preset)
+    applied = hubquant.quantize(in_memory, load_config(config))
+    assert {e.algorithm for e in applied.quantized if e.block is not None} == {"gptq"}
+    for a, b in zip(streamed.backbone.weights, in_memory.backbone.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+def test_a_model_that_cannot_generate_is_refused_in_one_line(llama):
+    config = parse_config("default: {mode: int4, group_size: 32, algorithm: gptq}\n", "c.yaml")
+    backbone = synthetic.llama3_causal_lm(seed=0).backbone
+    with pytest.raises(HubquantError) as info:
+        hubquant.quantize(backbone, config)
+    assert str(info.value) == (
+        "no calibration files are given, so hubquant would generate calibration text with "
+        "the model, but it is a bare backbone (Llama3Backbone), without tokenizer or LM head; "
+        "give text files (--calibration FILE, or 'files:' in the config's calibration "
+        "section) or a task preset (a CausalLM)."
+    )
+    bare_task = type(llama)(backbone=llama.backbone, preprocessor=None)
+    with pytest.raises(HubquantError, match="it is a Llama3CausalLM without a tokenizer;"):
+        _generate(bare_task, seed=0)
