@@ -12,7 +12,8 @@ KerasHub's tokenizer class does not always split a non-native vocabulary the sam
     python bench/fidelity.py FOLDER --text EVAL.txt --rows int4,int4_minmax   # a subset
 
 Nothing is installed or downloaded. On 2 cores, SmolLM2-135M: ~1 min per RTN row,
-a few minutes per calibrated row.
+a few minutes per calibrated row (self-generated calibration, ``*_selfgen`` and
+``*_shipped``, adds the minutes of sampling the text; its seconds include them).
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ HUBQUANT_ROWS = {
     "int4_imatrix": "default: {mode: int4, group_size: 128, algorithm: imatrix}\nrules:\n"
     + _TABLE
     + "{calibration}",
+    # int4_gptq on text the model generates itself, as many tokens as --calibration gives
+    "int4_gptq_selfgen": "default: {mode: int4, group_size: 128, algorithm: gptq}\nrules:\n"
+    + _TABLE
+    + "{generate}",
+    "int4_gptq_shipped": "configs/int4_gptq.yaml",  # self-generated, 32 x 256 tokens
 }
 KERAS_ROWS = ("keras_int8", "keras_int4")
 
@@ -75,13 +81,14 @@ def weight_bytes(model) -> int:
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.backbone.weights)
 
 
-def hubquant_row(folder: str, name: str, calibration: str):
+def hubquant_row(folder: str, name: str, calibration: str, generate: str):
     model = load_model(folder)
     spec = HUBQUANT_ROWS[name]
     if spec.startswith("configs/"):
         config = load_config(Path(__file__).parent.parent / spec)
     else:
-        config = parse_config(spec.replace("{calibration}", calibration), f"{name}.yaml")
+        text = spec.replace("{calibration}", calibration).replace("{generate}", generate)
+        config = parse_config(text, f"{name}.yaml")
     start = time.perf_counter()
     hubquant.apply_plan(model, hubquant.plan_for(model, config))
     return model, time.perf_counter() - start
@@ -138,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--cal-samples", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=1.0, help="of *_selfgen rows")
     parser.add_argument("--rows", help="comma list of rows (default: all that can run)")
     args = parser.parse_args()
 
@@ -152,6 +160,10 @@ def main() -> None:
             f"calibration: {{files: ['{args.calibration}'], num_samples: {args.cal_samples}, "
             f"seq_len: {args.seq_len}}}\n"
         )
+    generate = (
+        f"calibration: {{generate: {{num_samples: {args.cal_samples}, seq_len: {args.seq_len}, "
+        f"temperature: {args.temperature}}}}}\n"
+    )
     names = [*KERAS_ROWS, *HUBQUANT_ROWS]
     if not calibration:
         names = [n for n in names if "{calibration}" not in HUBQUANT_ROWS.get(n, "")]
@@ -173,7 +185,7 @@ def main() -> None:
         elif name in KERAS_ROWS:
             model, seconds = keras_row(args.folder, name)
         else:
-            model, seconds = hubquant_row(args.folder, name, calibration)
+            model, seconds = hubquant_row(args.folder, name, calibration, generate)
         ppl, kl, top1 = scores(cached, model, windows)
         float_ppl = float_ppl or ppl
         print(

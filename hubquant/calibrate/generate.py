@@ -7,8 +7,11 @@
 Each sample starts with the tokenizer's start token and one of a few neutral
 prompts, then is sampled token by token from the float model's own next-token
 distribution (KerasHub's ``generate`` with a seeded ``RandomSampler``), batch
-by batch, up to ``seq_len`` tokens: no end token stops it. The ids are used as
-they are (no detokenizing). The same seed gives the same tokens.
+by batch: no end token stops it. The window kept is the ``seq_len`` tokens
+after the prompt, so it starts mid-text like a window cut from a file (the
+start token's outsized activations would otherwise weigh in every sample's
+statistics). The ids are used as they are (no detokenizing). The same seed
+gives the same tokens.
 """
 
 from __future__ import annotations
@@ -82,16 +85,19 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
     import keras_hub
 
     require_generator(model)
-    prompts = prompt_ids(model, gen.seq_len)
+    prompts = prompt_ids(model)
+    length = gen.seq_len + max(len(p) for p in prompts)
     sampler = keras_hub.samplers.RandomSampler(temperature=gen.temperature, seed=seed)
     lm = type(model)(backbone=model.backbone, preprocessor=None)  # ids in, ids out
     lm.compile(sampler=sampler)
     batches, start, total = [], time.perf_counter(), gen.num_samples
     size = min(gen.batch_size, total)
     for first in range(0, total, size):
-        token_ids, mask = _prompt_batch(prompts, first, size, gen.seq_len)
+        token_ids, mask = _prompt_batch(prompts, first, size, length)
         out = lm.generate({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=None)
-        batches.append(np.asarray(out["token_ids"], "int32"))
+        out = np.asarray(out["token_ids"], "int32")
+        starts = mask.sum(axis=1)  # each row's window begins after its prompt
+        batches.append(out[np.arange(size)[:, None], starts[:, None] + np.arange(gen.seq_len)])
         done, elapsed = min(first + size, total), time.perf_counter() - start
         report(
             f"generated calibration text: {done}/{total} samples of {gen.seq_len} tokens "
@@ -100,16 +106,16 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
     return np.concatenate(batches)[:total]
 
 
-def prompt_ids(model, seq_len: int) -> list[list[int]]:
+def prompt_ids(model) -> list[list[int]]:
     """Each prompt's ids, the start token first (the end token where the
-    tokenizer has no start token), cut to leave at least one token to sample."""
+    tokenizer has no start token)."""
     from hubquant.text import token_ids
 
     tokenizer = model.preprocessor.tokenizer
     source = getattr(model, "hubquant_source", None)
     start = [t for t in (tokenizer.start_token_id, tokenizer.end_token_id) if t is not None][:1]
     prompts = [start + token_ids(tokenizer, text, source).tolist() for text in PROMPTS]
-    prompts = [p[: max(seq_len - 1, 1)] for p in prompts if p]
+    prompts = [p for p in prompts if p]
     if not prompts:  # no start token, and every prompt tokenized to nothing
         prompts = [[0]]
     return prompts
@@ -117,7 +123,7 @@ def prompt_ids(model, seq_len: int) -> list[list[int]]:
 
 def _prompt_batch(prompts: list, first: int, size: int, seq_len: int):
     """Samples ``first`` .. ``first + size``: prompt ``i % len(prompts)`` each,
-    then room to fill (always a full batch: one compiled shape)."""
+    then room to fill (one shape for every batch: compiled once)."""
     token_ids = np.zeros((size, seq_len), "int32")
     mask = np.zeros((size, seq_len), bool)
     for row in range(size):
