@@ -157,3 +157,18 @@ def test_a_model_that_cannot_generate_is_refused_in_one_line(llama):
     bare_task = type(llama)(backbone=llama.backbone, preprocessor=None)
     with pytest.raises(HubquantError, match="it is a Llama3CausalLM without a tokenizer;"):
         _generate(bare_task, seed=0)
+
+
+def test_hugging_face_folder_self_calibrates_while_streaming(fresh, tmp_path):
+    from hubquant import stream
+    from hubquant.source import load_source
+
+    folder = tmp_path / "hf"
+    fresh("llama3").export_to_transformers(str(folder))
+    config = load_config(_small_shipped(tmp_path))
+    pending = stream.prepare(str(folder), config)
+    model, plan = stream.read_calibrated(pending, config.calibration)
+    reference = load_source(str(folder))
+    assert hubquant.quantize(reference, config).entries == plan.entries
+    for a, b in zip(model.backbone.weights, reference.backbone.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
