@@ -161,13 +161,13 @@ def test_a_model_that_cannot_generate_is_refused_in_one_line(llama):
 
 def test_hugging_face_folder_self_calibrates_while_streaming(fresh, tmp_path):
     from hubquant import stream
-    from hubquant.source import load_source
+    from hubquant.float_preset import load_source
 
     folder = tmp_path / "hf"
     fresh("llama3").export_to_transformers(str(folder))
     config = load_config(_small_shipped(tmp_path))
     pending = stream.prepare(str(folder), config)
-    model, plan = stream.read_calibrated(pending, config.calibration)
+    model, plan = stream.read(pending, calibration=config.calibration)
     reference = load_source(str(folder))
     assert hubquant.quantize(reference, config).entries == plan.entries
     for a, b in zip(model.backbone.weights, reference.backbone.weights, strict=True):
