@@ -12,6 +12,8 @@ import signal
 import sys
 import threading
 
+from hubquant.errors import Terminated
+
 EXIT_USER, EXIT_INTERNAL = 2, 1
 
 
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from hubquant.errors import HubquantError
 
+    Terminated.pending = False
     previous = _on_sigterm()
     try:
         return _dispatch(args)
@@ -135,16 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: staging folders are removed on the way out."""
-
-
 def _on_sigterm():
     """Make SIGTERM raise ``Terminated`` (main thread only); the previous handler."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def terminate(signum, frame):
+        Terminated.pending = True  # raised again before an output is put in place
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, terminate)

@@ -50,3 +50,12 @@ def first_line(error: Exception) -> str:
         head = head.split(" Example error message for object")[0].rstrip(":")
         return f"{head} {lines[1]}"
     return head
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: staging folders are removed on the way out.
+
+    ``pending`` stays set once it is raised: HDF5's Python callbacks can swallow
+    the exception, so an output is checked for it before it is put in place."""
+
+    pending = False

@@ -55,7 +55,8 @@ class _File:
         self._file, self.error = open(path, mode), None
 
     def __getattr__(self, name):  # seek, tell, read, readinto
-        return getattr(self._file, name)
+        attr = getattr(self._file, name)
+        return (lambda *args: self._keep_error(attr, *args)) if callable(attr) else attr
 
     def write(self, data):
         return self._keep_error(self._file.write, data)
@@ -72,6 +73,6 @@ class _File:
     def _keep_error(self, call, *args):
         try:
             return call(*args)
-        except OSError as e:
+        except BaseException as e:  # also SIGTERM's, raised inside HDF5's callback
             self.error = self.error or e
             raise

@@ -15,7 +15,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from hubquant.errors import OutputError
+from hubquant.errors import OutputError, Terminated
 
 
 def check_target(target: Path, overwrite: bool) -> None:
@@ -54,6 +54,8 @@ def staged_output(target: str | Path, overwrite: bool = False, needs: int = 0):
         raise
     try:
         yield stage
+        if Terminated.pending:  # raised where a C library swallowed it
+            raise Terminated()
         _replace(stage, target, overwrite)
     except BaseException as e:
         _release(e)
