@@ -21,6 +21,7 @@ from keras_hub.models import Backbone, Task
 from hubquant import keras_internals as internals
 from hubquant._version import __version__
 from hubquant.layers.lora import lora_state, restore_lora
+from hubquant.paths import backbone_of
 from hubquant.plan import Plan
 from hubquant.surgery import build_skeleton
 
@@ -123,7 +124,7 @@ def hubquant_class(base: type) -> type:
 
 def mark_quantized(model, plan: Plan) -> None:
     """Give a model (task or backbone) and its backbone their hubquant classes."""
-    backbone = model.backbone if isinstance(model, Task) else model
+    backbone = backbone_of(model)
     backbone.__class__ = hubquant_class(type(backbone))
     object.__setattr__(backbone, "hubquant_plan", plan)
     if isinstance(model, Task):

@@ -30,6 +30,7 @@ from hubquant.errors import HubquantError
 from hubquant.io.st_writer import spec_of, write_safetensors
 from hubquant.keras_internals import hf_exporter
 from hubquant.layers.lora import lora_state
+from hubquant.paths import backbone_of
 from hubquant.plan import PlanEntry
 from hubquant.quantizers import unpack_int4
 
@@ -45,7 +46,7 @@ def check_no_adapters(backbone) -> None:
 def export_hf(model, folder: Path) -> None:
     """Write a folder that ``AutoModelForCausalLM.from_pretrained`` loads."""
     exporter = hf_exporter()
-    backbone = model.backbone if isinstance(model, Task) else model
+    backbone = backbone_of(model)
     family = type(backbone)._hubquant_base.__name__
     get_config, get_weights = _mapping(exporter, family)
     plan = backbone.hubquant_plan

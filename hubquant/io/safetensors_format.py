@@ -26,6 +26,7 @@ from hubquant.io.artefact import load_error
 from hubquant.io.names import asset_path, shard_names
 from hubquant.io.reproducible import ordered
 from hubquant.io.st_writer import spec_of, write_safetensors
+from hubquant.paths import backbone_of
 from hubquant.plan import FORMAT_VERSION
 
 SINGLE_FILE = "model.safetensors"
@@ -36,7 +37,7 @@ MAX_SHARD_BYTES = 4 << 30
 
 def save_safetensors(model, folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
     """Write ``model.safetensors`` (or shards plus an index) into ``folder``."""
-    backbone = model.backbone if isinstance(model, Task) else model
+    backbone = backbone_of(model)
     metadata = _metadata(model, backbone)
     shards = _shards(_tensor_sources(model, backbone), max_shard_bytes)
     if len(shards) == 1:
@@ -55,7 +56,7 @@ def load_safetensors(path: Path):
     """Rebuild the quantized task (or backbone) from hubquant safetensors alone."""
     files, metadata = files_and_metadata(path)
     model = _rebuild(metadata, files[0])
-    backbone = model.backbone if isinstance(model, Task) else model
+    backbone = backbone_of(model)
     # Match tensors to variables by position: auto-generated layer names (and
     # so variable paths) can differ from one process to the next.
     order = json.loads(metadata["weights"])
