@@ -1,0 +1,82 @@
+"""How close a merged LoRA model stays: KL to (float + adapter) of ``merge_lora``
+against quantizing the merged float model afresh with the same config.
+
+    python bench/lora_merge.py FOLDER --text EVAL.txt [--configs int4,int8] [--rank 8]
+
+The quantized model is streamed from FOLDER, adapters go on KerasHub's default
+targets with B drawn at each ``--b-std``, and the reference is the float model
+with each adapter's kernel added to its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import keras
+import keras_hub
+import numpy as np
+
+import hubquant
+from hubquant.paths import layer_at
+from hubquant.text import token_ids
+
+
+def _logits(model, x: dict, batch: int = 2) -> np.ndarray:
+    parts = []
+    for i in range(0, len(x["token_ids"]), batch):
+        hidden = model.backbone({k: v[i : i + batch] for k, v in x.items()})
+        parts.append(np.asarray(model.backbone.token_embedding(hidden, reverse=True), np.float32))
+    return np.concatenate(parts)
+
+
+def _kl(p, q) -> float:
+    p = np.asarray(keras.ops.log_softmax(p, -1))
+    q = np.asarray(keras.ops.log_softmax(q, -1))
+    return float(np.mean(np.sum(np.exp(p) * (p - q), -1)))
+
+
+def one_row(folder: str, config: str, x: dict, rank: int, b_std: float) -> dict:
+    lm, _ = hubquant.prepare(folder, config).quantize()
+    keras.utils.set_random_seed(0)
+    lm.backbone.enable_lora(rank)
+    reference = keras_hub.models.CausalLM.from_preset(folder)
+    for attr in lm.backbone.hubquant_plan.layers():
+        layer = layer_at(lm.backbone, attr)
+        if getattr(layer, "lora_enabled", False):
+            rng = np.random.default_rng(len(attr))
+            layer.lora_kernel_b.assign(rng.normal(0, b_std, layer.lora_kernel_b.shape))
+            target = layer_at(reference.backbone, attr)
+            target._kernel.assign(target._kernel + layer.lora_delta())
+    want = _logits(reference, x)
+    hubquant.merge_lora(lm)
+    merged = _kl(want, _logits(lm, x))
+    hubquant.quantize(reference, config)
+    fresh = _kl(want, _logits(reference, x))
+    return {"config": config, "b_std": b_std, "merged": merged, "fresh": fresh}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    parser.add_argument("--text", required=True)
+    parser.add_argument("--configs", default="int4,int8")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--b-std", default="0.002,0.01")
+    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    args = parser.parse_args()
+    tokenizer = keras_hub.models.CausalLM.from_preset(args.folder).preprocessor.tokenizer
+    with open(args.text, encoding="utf-8") as f:
+        ids = token_ids(tokenizer, f.read(), args.folder)
+    ids = ids[: args.windows * args.seq_len].reshape(args.windows, args.seq_len).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    print(f"{'config':8s} {'B std':>7s} {'KL merged':>10s} {'KL fresh':>10s} {'ratio':>7s}")
+    for config in args.configs.split(","):
+        for b_std in (float(s) for s in args.b_std.split(",")):
+            r = one_row(args.folder, config, x, args.rank, b_std)
+            ratio = r["merged"] / r["fresh"]
+            print(f"{config:8s} {b_std:7.3f} {r['merged']:10.4f} {r['fresh']:10.4f} {ratio:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
