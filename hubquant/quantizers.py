@@ -192,13 +192,8 @@ def requantize_on_grid(w, mode: str, group_size: int, kept: QuantizedMatrix) -> 
     if rows.size:
         fresh = quantize_int4(w[rows], group_size, kept.zero is None)
         grown = out[rows]
-        fresh_codes = unpack_int4(fresh.codes, k).reshape(rows.size, -1)
-        padded_codes = np.zeros((rows.size, g * gs), np.int8)
-        padded_codes[:, :k] = fresh_codes
-        old = np.zeros((rows.size, g * gs), np.int8)
-        old[:, :k] = codes[rows]
-        mask = np.repeat(grown, gs, axis=1)
-        codes[rows] = np.where(mask, padded_codes, old)[:, :k]
+        mask = np.repeat(grown, gs, axis=1)[:, :k]
+        codes[rows] = np.where(mask, unpack_int4(fresh.codes, k), codes[rows])
         scale[rows] = np.where(grown, fresh.scale, scale[rows])
         if zero is not None:
             zero[rows] = np.where(grown, fresh.zero, zero[rows])

@@ -86,9 +86,7 @@ def read(pending: Pending, on_layer=None, calibration=None):
     calibrated = needs_calibration(plan)
     if calibrated:  # generated text (no files) comes from the float model, read first
         calibration = _generated_first(pending, calibration, on_layer)
-    later = (
-        {a for attrs in calibrated_by_block(plan).values() for a in attrs} if calibrated else set()
-    )
+    later = {a for attrs in calibrated_by_block(plan).values() for a in attrs}
     float_classes = {a: type(layer_at(backbone, a)).__name__ for a in plan.layers()}
     surgery.swap_layers(backbone, plan)
     if is_keras_preset(pending.loader):

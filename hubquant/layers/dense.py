@@ -92,10 +92,10 @@ class _QuantProjection(QuantizedLayerMixin):
         the adapter pushed out of its range gets a new scale."""
         spec = self.hubquant_specs["kernel"]
         parts = [np.asarray(p) for p in self._matrix_parts("kernel")]
-        w = np.asarray(self._dequantized("kernel", "float32"))
-        w = w + self.layout.to_matrix(np.asarray(self.lora_delta()))
-        if spec.input_scale:
-            w = w / parts[-1][None, :]
+        delta = self.layout.to_matrix(np.asarray(self.lora_delta()))
+        if spec.input_scale:  # the grid is that of W / input_scale
+            delta = delta / parts[-1][None, :]
+        w = np.asarray(self._dequantized_f32(spec, parts)) + delta
         kept = quantizers.QuantizedMatrix(parts[0], parts[1], parts[2] if spec.has_zero else None)
         merged = quantizers.requantize_on_grid(w, spec.mode, spec.group_size, kept)
         self.kernel_codes.assign(merged.codes)
