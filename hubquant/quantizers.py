@@ -26,6 +26,7 @@ import numpy as np
 # least-squares refits of scale and offset lower weight error but raise
 # perplexity above plain min/max; this rule lowers both.
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.7, 16))
+_STRIDE = 5  # coarse step of the clip search (CLIP_RATIOS[::5]: 1.0, 0.9, 0.8, 0.7)
 _CHUNK_ELEMENTS = 1 << 22
 _MIN_CHUNK_GROUPS = 1024
 
@@ -263,13 +264,42 @@ def _best_candidate(w, channel, symmetric: bool, bits: int, ratios: tuple[float,
     w = w / unit[..., None]
     magnitude = jnp.abs(w)
     weights = channel * (magnitude + jnp.mean(magnitude, axis=-1, keepdims=True))
-    # Each ratio's error per group is one fused reduction (nothing chunk-sized is
-    # kept per ratio); the codes are then made once, at each group's best ratio.
-    # argmin keeps the first of equal errors, so plain min/max wins ties.
-    errors = jnp.stack([_candidate(w, weights, r, symmetric, bits)[3] for r in ratios])
-    best = jnp.asarray(ratios, w.dtype)[jnp.argmin(errors, axis=0)]
+    best = _search(w, weights, jnp.asarray(ratios, w.dtype), symmetric, bits)
     codes, scale, zero, _ = _candidate(w, weights, best, symmetric, bits)
     return codes.astype(jnp.int8), scale * unit, zero.astype(jnp.int8)
+
+
+def _search(w, weights, ratios, symmetric: bool, bits: int):
+    """Each group's best ratio, coarse to fine: every ``_STRIDE``-th ratio
+    first, then the ratios within ``_STRIDE // 2`` places of the best of those.
+    Of equal errors the earlier candidate (plain min/max first) wins."""
+    error = _errors_in_steps(w, weights, symmetric, bits)
+    coarse = np.arange(0, ratios.shape[0], _STRIDE)
+    errors = jnp.stack([error(ratios[i]) for i in coarse])
+    centre = jnp.asarray(coarse)[jnp.argmin(errors, axis=0)]
+    steps = [d for d in range(-(_STRIDE // 2), _STRIDE // 2 + 1) if d]
+    near = jnp.stack([jnp.clip(centre + d, 0, ratios.shape[0] - 1) for d in steps])
+    tried = jnp.concatenate([jnp.broadcast_to(jnp.asarray(coarse)[:, None], errors.shape), near])
+    errors = jnp.concatenate([errors, jnp.stack([error(ratios[i]) for i in near])])
+    return ratios[jnp.take_along_axis(tried, jnp.argmin(errors, axis=0)[None], 0)[0]]
+
+
+def _errors_in_steps(w, weights, symmetric: bool, bits: int):
+    """``error(ratio)``: each group's weighted squared error at a clipping
+    ratio (a number or one per group), in units of its unclipped step (the
+    same order as ``_candidate``'s errors within a group: the ratio scales the
+    step, and with it the zero point's position, exactly). One fused
+    reduction per call: the values in steps are computed once."""
+    top = 2 ** (bits - 1) - 1
+    _, step, zero, _ = _candidate(w, 0.0, 1.0, symmetric, bits)
+    steps, zero = w / step[:, None], zero[:, None]
+
+    def error(ratio):
+        ratio = jnp.reshape(ratio, (-1, 1))
+        q = jnp.clip(jnp.round(steps / ratio) + zero, -top - 1, top) - zero
+        return jnp.sum(weights * jnp.square(q * ratio - steps), axis=-1)
+
+    return error
 
 
 def _candidate(w, weights, ratio, symmetric: bool, bits: int):
