@@ -26,7 +26,7 @@ import numpy as np
 # least-squares refits of scale and offset lower weight error but raise
 # perplexity above plain min/max; this rule lowers both.
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.7, 16))
-_STRIDE = 5  # coarse step of the clip search (CLIP_RATIOS[::5]: 1.0, 0.9, 0.8, 0.7)
+_STRIDE = 3  # coarse step of the clip search (CLIP_RATIOS[::5]: 1.0, 0.9, 0.8, 0.7)
 _CHUNK_ELEMENTS = 1 << 22
 _MIN_CHUNK_GROUPS = 1024
 

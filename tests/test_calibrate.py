@@ -143,7 +143,7 @@ def test_plan_records_the_algorithm_and_its_options(quantized):
     assert entry.algorithm == "gptq"
     assert entry.algorithm_options == {"act_order": False, "block_size": 128, "damping": 0.01}
     awq = next(e for e in quantized["awq"][1].entries if e.role == "mlp.down")
-    assert awq.algorithm_options == {"clip": True, "grid": 20}
+    assert awq.algorithm_options == {"clip": True, "gptq": True, "grid": 20}
 
 
 def test_deterministic_for_fixed_inputs(quantized, tokens):
@@ -203,7 +203,7 @@ def test_config_section_and_rtn_fallback_for_the_token_table(tmp_path):
         ),
         (
             "rules:\n  - {awq: {grids: 4}}\n",
-            "c.yaml: rule 1: key 'awq.grids': unknown key; expected one of grid, clip. "
+            "c.yaml: rule 1: key 'awq.grids': unknown key; expected one of grid, clip, gptq. "
             "Received: awq.grids=4",
         ),
         (

@@ -26,6 +26,7 @@ from jax import lax
 
 from hubquant import quantizers
 from hubquant.calibrate.calibration import default
+from hubquant.calibrate.gptq import gptq_quantize
 from hubquant.quantizers import QuantizedMatrix
 
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.5, 11))
@@ -45,13 +46,17 @@ def awq_quantize(
     symmetric: bool = False,
     grid: int = default("awq", "grid"),
     clip: bool = default("awq", "clip"),
+    gptq: bool = default("awq", "gptq"),
     scale: np.ndarray | None = None,
 ) -> tuple[QuantizedMatrix, np.ndarray]:
     """Codes of ``w * s`` and the input multiplier ``1 / s`` ``[K]``.
 
     ``magnitude``: mean ``|x|`` per input channel; ``gram``: ``X^T X / rows``.
     ``scale``: ``s`` already chosen (shared by a group, ``awq_group_scale``);
-    searched for ``w`` alone when None.
+    searched for ``w`` alone when None. With ``gptq``, int4 codes of ``W * s``
+    come from GPTQ on the scaled inputs' Hessian (columns by decreasing
+    importance, static groups); otherwise from ``clip``'s search or plain
+    rounding.
     """
     w = np.asarray(w, np.float32)
     if scale is None:
@@ -60,6 +65,9 @@ def awq_quantize(
     scaled = w * s[None, :]
     if mode == "int8":
         matrix = quantizers.quantize_int8(scaled)
+    elif gptq:
+        hessian = 2 * gram / (s[:, None] * s[None, :])  # of the inputs x / s
+        matrix = gptq_quantize(scaled, hessian, mode, group_size, symmetric, act_order=True)
     elif clip:
         gs = w.shape[1] if group_size == -1 else group_size
         matrix = _clipped_int4(scaled, gram / (s[:, None] * s[None, :]), gs, group_size, symmetric)

@@ -8,7 +8,8 @@ one block-level matrix product that carries the block's errors to every later
 column (the "lazy batch" update).
 
 Group scales and zero points are hubquant's round-to-nearest ones
-(docs/format.md: the weighted clipping search; with
+(docs/format.md: the weighted clipping search, each input channel weighted
+by the Hessian's diagonal, mean ``x^2``, as ``imatrix`` does; with
 ``search=False`` plain min/max, as in the reference), computed from the
 error-updated weights when the sweep reaches a group's first column. With
 ``act_order`` (columns visited by decreasing Hessian diagonal) the groups are
@@ -54,7 +55,10 @@ def gptq_quantize(
     static = act_order or group_size == -1
     h, w = _without_dead_columns(np.asarray(hessian, np.float32), w)
     search = search and bits == 4
-    col_scale, col_zero = _static_params(w, gs, symmetric, bits, search) if static else (None, None)
+    importance = np.diag(h).astype(np.float32)  # mean x^2 per input: imatrix's weighting
+    col_scale, col_zero = (
+        _static_params(w, gs, symmetric, bits, search, importance) if static else (None, None)
+    )
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     block = block_size if static else max(gs, -(-block_size // gs) * gs)
     kp = -(-k // block) * block
@@ -66,6 +70,8 @@ def gptq_quantize(
     wp = np.zeros((n, kp), np.float32)
     wp[:, :k] = w[:, perm]
     cs, cz = np.ones((n, kp), np.float32), np.zeros((n, kp), np.float32)
+    channel = np.ones(kp, np.float32)
+    channel[:k] = importance[perm]
     if static:
         cs[:, :k], cz[:, :k] = col_scale[:, perm], col_zero[:, perm]
     q, scale, zero = _sweep(
@@ -73,6 +79,7 @@ def gptq_quantize(
         jnp.asarray(hinv),
         jnp.asarray(cs),
         jnp.asarray(cz),
+        jnp.asarray(channel),
         block=block,
         group=gs,
         symmetric=symmetric,
@@ -135,24 +142,33 @@ def _inverse_cholesky(h: np.ndarray, damping: float, dtype) -> np.ndarray | None
     return lower[::-1, ::-1]
 
 
-def _group_params(w, symmetric: bool, bits: int, search: bool):
-    """Scale and zero point per group of ``w`` ``[..., gs]``."""
+def _group_params(w, symmetric: bool, bits: int, search: bool, channel=1.0):
+    """Scale and zero point per group of ``w`` ``[..., gs]``; ``channel``: each
+    input's weight in the clip search (mean ``x^2``, as ``imatrix``)."""
     if search:
         _, scale, zero = quantizers._grid_chunk(
-            w, 1.0, symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
+            w, channel, symmetric=symmetric, bits=bits, ratios=quantizers.CLIP_RATIOS
         )
         return scale, zero.astype(w.dtype)
     _, scale, zero, _ = quantizers._candidate(w, 1.0, 1.0, symmetric, bits)
     return scale, zero
 
 
-def _static_params(w: np.ndarray, gs: int, symmetric: bool, bits: int, search: bool):
+def _static_params(w: np.ndarray, gs: int, symmetric: bool, bits: int, search: bool, importance):
     """Per-column scale and zero ``[N, K]`` from each group of the original ``w``."""
     n, k = w.shape
     g = -(-k // gs)
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = w
-    scale, zero = _group_params(jnp.asarray(padded.reshape(n, g, gs)), symmetric, bits, search)
+    channel = np.ones(g * gs, np.float32)
+    channel[:k] = importance
+    scale, zero = _group_params(
+        jnp.asarray(padded.reshape(n, g, gs)),
+        symmetric,
+        bits,
+        search,
+        jnp.asarray(channel.reshape(1, g, gs)),
+    )
     per_col = np.repeat(np.asarray(scale), gs, axis=1)[:, :k]
     return per_col, np.repeat(np.asarray(zero), gs, axis=1)[:, :k]
 
@@ -160,14 +176,14 @@ def _static_params(w: np.ndarray, gs: int, symmetric: bool, bits: int, search: b
 @functools.partial(
     jax.jit, static_argnames=("block", "group", "symmetric", "bits", "static", "search")
 )
-def _sweep(w, hinv, col_scale, col_zero, *, block, group, symmetric, bits, static, search):
+def _sweep(w, hinv, col_scale, col_zero, channel, *, block, group, symmetric, bits, static, search):
     """Codes ``[N, Kp]`` and (non-static) group scales and zeros ``[N, Kp / group]``."""
     n, kp = w.shape
     top = 2 ** (bits - 1) - 1
     low = -top - 1 if bits == 4 else -top
     per_block = 1 if static else block // group
 
-    def column(i, carry, hb, s1, z1):
+    def column(i, carry, hb, s1, z1, i1):
         w1, q1, e1, s, z, sg, zg = carry
         if static:
             s, z = s1[:, i], z1[:, i]
@@ -175,7 +191,8 @@ def _sweep(w, hinv, col_scale, col_zero, *, block, group, symmetric, bits, stati
 
             def fresh(_):
                 wg = lax.dynamic_slice(w1, (0, i), (n, group))[:, None, :]
-                scale, zero = _group_params(wg, symmetric, bits, search)
+                cg = lax.dynamic_slice(channel, (i1 + i,), (group,))[None, None, :]
+                scale, zero = _group_params(wg, symmetric, bits, search, cg)
                 return scale[:, 0], zero[:, 0]
 
             s, z = lax.cond(i % group == 0, fresh, lambda _: (s, z), None)
@@ -196,7 +213,7 @@ def _sweep(w, hinv, col_scale, col_zero, *, block, group, symmetric, bits, stati
         ones = jnp.ones((n,), w.dtype)
         grp = jnp.zeros((n, per_block), w.dtype)
         init = (w1, zeros, zeros, ones, jnp.zeros_like(ones), grp, grp)
-        body = functools.partial(column, hb=hb, s1=s1, z1=z1)
+        body = functools.partial(column, hb=hb, s1=s1, z1=z1, i1=i1)
         _, q1, e1, _, _, sg, zg = lax.fori_loop(0, block, body, init)
         rows = lax.dynamic_slice(hinv, (i1, 0), (block, kp))
         # Later columns take the block's errors; earlier ones see zeros (Hinv

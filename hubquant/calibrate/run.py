@@ -238,9 +238,9 @@ class _BlockStep:
         if why:
             return why
         for attr, w, e in zip(attrs, ws, entries, strict=True):
-            clip = (e.algorithm_options or {}).get("clip", default("awq", "clip"))
+            options = {**(e.algorithm_options or {}), "scale": s}
             matrix, _ = awq_quantize(
-                w, magnitude, gram, e.mode, e.group_size, e.symmetric, clip=clip, scale=s
+                w, magnitude, gram, e.mode, e.group_size, e.symmetric, **options
             )
             self.layers[attr].quantize(e.mode, values={"kernel": matrix})
             del self.stats[attr]
