@@ -10,6 +10,10 @@ KerasHub's tokenizer class does not always split a non-native vocabulary the sam
 
     python bench/fidelity.py FOLDER --text EVAL.txt --calibration CALIB.txt
     python bench/fidelity.py FOLDER --text EVAL.txt --rows int4,int4_minmax   # a subset
+    python bench/fidelity.py FOLDER --text EVAL.txt --config mine.yaml --rows mine
+
+``--config FILE`` (repeatable) adds a row named after the file; without a
+``calibration:`` section of its own it calibrates on ``--calibration``.
 
 Nothing is installed or downloaded. On 2 cores, SmolLM2-135M: ~1 min per RTN row,
 a few minutes per calibrated row (self-generated calibration, ``*_selfgen`` and
@@ -84,7 +88,13 @@ def weight_bytes(model) -> int:
 def hubquant_row(folder: str, name: str, calibration: str, generate: str):
     model = load_model(folder)
     spec = HUBQUANT_ROWS[name]
-    if spec.startswith("configs/"):
+    if spec.startswith("file:"):
+        path = Path(spec[len("file:") :])
+        text = path.read_text(encoding="utf-8")
+        if parse_config(text, path.name).calibration is None and calibration:
+            text = text.rstrip() + "\n" + calibration
+        config = parse_config(text, path.name)
+    elif spec.startswith("configs/"):
         config = load_config(Path(__file__).parent.parent / spec)
     else:
         text = spec.replace("{calibration}", calibration).replace("{generate}", generate)
@@ -147,6 +157,7 @@ def main() -> None:
     parser.add_argument("--cal-samples", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.2, help="of *_selfgen rows")
     parser.add_argument("--rows", help="comma list of rows (default: all that can run)")
+    parser.add_argument("--config", action="append", default=[], help="a config file as a row")
     args = parser.parse_args()
 
     reference = load_model(args.folder)
@@ -164,6 +175,8 @@ def main() -> None:
         f"calibration: {{generate: {{num_samples: {args.cal_samples}, seq_len: {args.seq_len}, "
         f"temperature: {args.temperature}}}}}\n"
     )
+    for path in args.config:
+        HUBQUANT_ROWS[Path(path).stem] = "file:" + path
     names = [*KERAS_ROWS, *HUBQUANT_ROWS]
     if not calibration:
         names = [n for n in names if "{calibration}" not in HUBQUANT_ROWS.get(n, "")]

@@ -25,16 +25,32 @@ import hubquant
 from hubquant.synthetic import llama3_tokenizer, make_trained_like
 
 
+def head_counts(args) -> tuple[int, int]:
+    """Query and key/value heads: as given, else heads of 64 and the largest
+    divisor of the query heads up to hidden / 256 (9 and 1 for hidden 576;
+    SmolLM2-135M has 9 and 3: --kv-heads 3)."""
+    heads = args.heads or max(1, args.hidden // 64)
+    if args.hidden % heads:
+        raise SystemExit(f"--hidden {args.hidden} is not a multiple of {heads} heads")
+    kv = args.kv_heads or max(
+        d for d in range(1, heads + 1) if heads % d == 0 and d <= max(1, args.hidden // 256)
+    )
+    if heads % kv:
+        raise SystemExit(f"{heads} query heads are not a multiple of {kv} key/value heads")
+    return heads, kv
+
+
 def build(args):
+    heads, kv_heads = head_counts(args)
     keras.utils.set_random_seed(0)
     tokenizer = llama3_tokenizer()
     backbone = keras_hub.models.Llama3Backbone(
         vocabulary_size=args.vocab,
         num_layers=args.layers,
-        num_query_heads=args.hidden // 64,
-        num_key_value_heads=max(1, args.hidden // 256),
+        num_query_heads=heads,
+        num_key_value_heads=kv_heads,
         hidden_dim=args.hidden,
-        intermediate_dim=args.hidden * 8 // 3 // 64 * 64,
+        intermediate_dim=args.intermediate or args.hidden * 8 // 3 // 64 * 64,
         dtype=args.dtype,
     )
     make_trained_like(backbone, seed=0)
@@ -66,6 +82,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--intermediate", type=int, help="MLP width (default ~8/3 hidden)")
+    parser.add_argument("--heads", type=int, help="query heads (default hidden / 64)")
+    parser.add_argument("--kv-heads", type=int, help="key/value heads (default: see head_counts)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=64)
