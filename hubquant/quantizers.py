@@ -20,13 +20,13 @@ import numpy as np
 
 # Clipping ratios searched per int4 group: 1.0 is plain min/max. The winner has
 # the lowest *weighted* squared error, each weight counting by its magnitude
-# plus the group's mean magnitude (and, with calibration statistics, by the mean
-# square of its input channel). Chosen on a real pretrained LLM by perplexity and
+# plus the group's mean magnitude (inside GPTQ also by the mean square of its
+# input channel). Chosen on a real pretrained LLM by perplexity and
 # KL to float (bench/fidelity.py, README "Fidelity"): the unweighted search and
 # least-squares refits of scale and offset lower weight error but raise
 # perplexity above plain min/max; this rule lowers both.
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.7, 16))
-_STRIDE = 3  # coarse step of the clip search (CLIP_RATIOS[::5]: 1.0, 0.9, 0.8, 0.7)
+_STRIDE = 3  # coarse step of the clip search: CLIP_RATIOS[::3] = 1.0, 0.94, ..., 0.7
 _CHUNK_ELEMENTS = 1 << 22
 _MIN_CHUNK_GROUPS = 1024
 
@@ -81,14 +81,11 @@ def as_rows(w) -> RowReader:
     return RowReader(w.shape, lambda start, stop: w[start:stop])
 
 
-def quantize(
-    w, mode: str, group_size: int = -1, symmetric: bool = True, importance=None
-) -> QuantizedMatrix:
-    """``quantize_int8`` or ``quantize_int4``, by mode name. ``importance``: a
-    weight ``[K]`` per input channel (mean ``x^2`` over calibration tokens), int4 only."""
+def quantize(w, mode: str, group_size: int = -1, symmetric: bool = True) -> QuantizedMatrix:
+    """``quantize_int8`` or ``quantize_int4``, by mode name."""
     if mode == "int8":
         return quantize_int8(w)
-    return quantize_int4(w, group_size, symmetric, importance)
+    return quantize_int4(w, group_size, symmetric)
 
 
 def quantize_int8(w) -> QuantizedMatrix:
@@ -117,13 +114,10 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), np.where(denom > 0, ls, scale).astype(np.float32)
 
 
-def quantize_int4(
-    w, group_size: int = 128, symmetric: bool = False, importance=None
-) -> QuantizedMatrix:
+def quantize_int4(w, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
     """Group-wise int4 with a weighted clipping search; codes packed two per byte.
 
-    ``importance`` ``[K]`` (optional) multiplies each input channel's weight in
-    the search. Rows are read and quantized in blocks of about
+    Rows are read and quantized in blocks of about
     ``_CHUNK_ELEMENTS`` values; every block but the last has the same compiled
     shape. A group size above ``K`` is one group of ``K``.
     """
@@ -134,34 +128,21 @@ def quantize_int4(
     step = max(1, _CHUNK_ELEMENTS // (g * gs))
     bucket = max(_MIN_CHUNK_GROUPS, 1 << (min(n, step) * g - 1).bit_length())
     fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=CLIP_RATIOS)
-    channel = None
-    if importance is not None:
-        channel = np.ones(g * gs, np.float32)
-        channel[:k] = np.asarray(importance, np.float32)
     parts = []
     for start in range(0, n, step):
         block = rows(start, min(n, start + step))
-        codes, scale, zero = _int4_rows(fn, block, g, gs, bucket, channel)
+        codes, scale, zero = _int4_rows(fn, block, g, gs, bucket)
         parts.append((pack_int4(codes), scale, zero))
     codes, scale, zero = (np.concatenate(p) for p in zip(*parts, strict=True))
     return QuantizedMatrix(codes, scale, None if symmetric else zero)
 
 
-def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int, channel: np.ndarray | None):
-    """One block of rows: padded to whole groups, run as ``bucket`` groups;
-    ``channel`` ``[G * gs]`` laid out the same way (None: every weight 1)."""
+def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int):
+    """One block of rows: padded to whole groups, run as ``bucket`` groups."""
     r, k = w.shape
-    flat = np.zeros((bucket, 1, gs), np.float32)
+    flat = np.zeros((bucket, gs), np.float32)
     flat[: r * g].reshape(r, g * gs)[:, :k] = w
-    weights = np.float32(1)
-    if channel is not None:
-        weights = np.ones((bucket, 1, gs), np.float32)
-        weights[: r * g] = np.broadcast_to(channel.reshape(1, g, 1, gs), (r, g, 1, gs)).reshape(
-            r * g, 1, gs
-        )
-    codes, scale, zero = (
-        np.asarray(p)[: r * g] for p in fn(jnp.asarray(flat), jnp.asarray(weights))
-    )
+    codes, scale, zero = (np.asarray(p)[: r * g] for p in fn(jnp.asarray(flat), np.float32(1)))
     return codes.reshape(r, g * gs)[:, :k], scale.reshape(r, g), zero.reshape(r, g)
 
 

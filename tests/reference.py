@@ -24,7 +24,7 @@ def int8(w: np.ndarray):
     return q.astype(np.int8), np.where(new < old, ls, scale).astype(np.float32)
 
 
-def int4(w: np.ndarray, group_size: int, symmetric: bool, importance=None):
+def int4(w: np.ndarray, group_size: int, symmetric: bool):
     """Unpacked codes [N, K], scales [N, G], zero points [N, G] (or None)."""
     n, k = w.shape
     gs = k if group_size == -1 else min(group_size, k)
@@ -32,13 +32,11 @@ def int4(w: np.ndarray, group_size: int, symmetric: bool, importance=None):
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = w
     channel = np.ones(g * gs, np.float32)
-    if importance is not None:
-        channel[:k] = importance
     codes, scale, zero = _search(padded.reshape(n, g, gs), channel.reshape(g, gs), symmetric)
     return codes.reshape(n, g * gs)[:, :k], scale, None if symmetric else zero
 
 
-def _search(w, channel, symmetric, ratios=CLIP_RATIOS, stride=5):
+def _search(w, channel, symmetric, ratios=CLIP_RATIOS, stride=3):
     """Per group, the clip ratio with the lowest squared error weighted by
     ``channel * (|w| + mean |w| of the group)``, searched coarse to fine: every
     ``stride``-th ratio, then the ratios within ``stride // 2`` places of the

@@ -141,7 +141,7 @@ def test_plan_records_the_algorithm_and_its_options(quantized):
     plan = quantized["gptq"][1]
     entry = next(e for e in plan.entries if e.role == "attn.q")
     assert entry.algorithm == "gptq"
-    assert entry.algorithm_options == {"act_order": False, "block_size": 128, "damping": 0.01}
+    assert entry.algorithm_options == {"act_order": True, "block_size": 128, "damping": 0.01}
     awq = next(e for e in quantized["awq"][1].entries if e.role == "mlp.down")
     assert awq.algorithm_options == {"clip": True, "gptq": True, "grid": 20}
 

@@ -37,7 +37,9 @@ def layer():
 )
 def test_matches_numpy_reference(layer, group_size, symmetric, block_size):
     w, h, _ = layer
-    got = gptq_quantize(w, h, "int4", group_size, symmetric, block_size=block_size, search=False)
+    got = gptq_quantize(
+        w, h, "int4", group_size, symmetric, act_order=False, block_size=block_size, search=False
+    )
     codes, scale, zero = gptq_reference(w, h, group_size, symmetric, block_size=block_size)
     np.testing.assert_array_equal(quantizers.unpack_int4(got.codes, K), codes)
     # Codes exactly; scales to float32 rounding (a few ulps: LAPACK builds differ in

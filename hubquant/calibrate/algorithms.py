@@ -33,9 +33,12 @@ def quantize_matrix(
     multiplier ``[K]``. ``stats``: ``hessian()`` for GPTQ and imatrix;
     ``magnitude()`` and ``gram()`` for AWQ."""
     options = entry.algorithm_options or {}
-    if entry.algorithm == "imatrix":  # round to nearest, the search weighted by mean x^2
-        importance = np.diagonal(stats.hessian()).astype(np.float32)
-        return quantize(w, entry.mode, entry.group_size, entry.symmetric, importance), None
+    if entry.algorithm == "imatrix" and entry.mode == "int4":  # output-aware clipping
+        from hubquant.calibrate.clip import output_clipped_int4
+
+        return output_clipped_int4(w, stats.hessian(), entry.group_size, entry.symmetric), None
+    if entry.algorithm == "imatrix":
+        return quantize(w, entry.mode), None
     if entry.algorithm == "gptq":
         from hubquant.calibrate.gptq import gptq_quantize
 

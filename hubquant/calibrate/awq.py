@@ -11,8 +11,10 @@ so that ``max(s) * min(s) = 1``), with ``alpha`` searched on a grid in
 
 Output errors are measured through the inputs' Gram matrix ``X^T X``
 (``||X D^T||^2 = trace(D X^T X D^T)``), so no activations are kept.
-With ``clip``, each group's range is then shrunk by the ratio (1.0 down to
-0.5) that minimises that group's output error.
+By default the scaled weights are then rounded by GPTQ on the Hessian of
+the scaled inputs; otherwise, with ``clip``, each group's range is shrunk by
+the ratio (1.0 down to 0.5) that minimises that group's output error
+(``clip.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from jax import lax
 
 from hubquant import quantizers
 from hubquant.calibrate.calibration import default
+from hubquant.calibrate.clip import output_clipped_int4
 from hubquant.calibrate.gptq import gptq_quantize
 from hubquant.quantizers import QuantizedMatrix
 
-CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.5, 11))
 # Multiply-adds per grid point of the scale search (rows x K x K): wider
 # matrices search on every n-th output row (``alpha`` is one number for the
 # whole matrix, and each row's error is exact), e.g. 256 of mlp.down's 2048
@@ -69,8 +71,9 @@ def awq_quantize(
         hessian = 2 * gram / (s[:, None] * s[None, :])  # of the inputs x / s
         matrix = gptq_quantize(scaled, hessian, mode, group_size, symmetric, act_order=True)
     elif clip:
-        gs = w.shape[1] if group_size == -1 else group_size
-        matrix = _clipped_int4(scaled, gram / (s[:, None] * s[None, :]), gs, group_size, symmetric)
+        matrix = output_clipped_int4(
+            scaled, gram / (s[:, None] * s[None, :]), group_size, symmetric
+        )
     else:
         matrix = quantizers.quantize_int4(scaled, group_size, symmetric)
     return matrix, (1.0 / s).astype(np.float32)
@@ -139,36 +142,3 @@ def _scale_errors(w, magnitude, gram, alphas, *, gs, symmetric, bits):
         return jnp.sum(dg * d)
 
     return lax.map(error, alphas)
-
-
-def _clipped_int4(w, gram, gs: int, group_size: int, symmetric: bool) -> QuantizedMatrix:
-    """int4 with each group's clip ratio chosen by its own output error."""
-    n, k = w.shape
-    g = -(-k // gs)
-    padded = np.zeros((n, g * gs), np.float32)
-    padded[:, :k] = w
-    gp = np.zeros((g * gs, g * gs), np.float32)
-    gp[:k, :k] = gram
-    blocks = gp.reshape(g, gs, g, gs)[np.arange(g), :, np.arange(g), :]  # [g, gs, gs]
-    codes, scale, zero = _clip_search(
-        jnp.asarray(padded.reshape(n, g, gs)), jnp.asarray(blocks), symmetric=symmetric
-    )
-    codes = np.asarray(codes).reshape(n, g * gs)[:, :k]
-    zero = None if symmetric else np.asarray(zero).astype(np.int8)
-    return QuantizedMatrix(quantizers.pack_int4(codes), np.asarray(scale, np.float32), zero)
-
-
-@functools.partial(jax.jit, static_argnames=("symmetric",))
-def _clip_search(w, blocks, *, symmetric):
-    def candidate(ratio):
-        q, scale, zero, _ = quantizers._candidate(w, 1.0, ratio, symmetric, 4)
-        d = (q - zero[..., None]) * scale[..., None] - w
-        err = jnp.einsum("ngi,gij,ngj->ng", d, blocks, d, precision=lax.Precision.HIGHEST)
-        return q, scale, zero, err
-
-    q, scale, zero, err = lax.map(candidate, jnp.asarray(CLIP_RATIOS))
-    best = jnp.argmin(err, axis=0)  # [n, g]
-    codes = jnp.take_along_axis(q, best[None, ..., None], 0)[0]
-    scale = jnp.take_along_axis(scale, best[None], 0)[0]
-    zero = jnp.take_along_axis(zero, best[None], 0)[0]
-    return codes.astype(jnp.int8), scale, zero

@@ -30,6 +30,7 @@ from jax import lax
 from scipy.linalg import lapack
 
 from hubquant import quantizers
+from hubquant.calibrate.calibration import default
 from hubquant.quantizers import QuantizedMatrix
 
 
@@ -40,7 +41,7 @@ def gptq_quantize(
     group_size: int = 128,
     symmetric: bool = False,
     damping: float = 0.01,
-    act_order: bool = False,
+    act_order: bool = default("gptq", "act_order"),
     block_size: int = 128,
     search: bool = True,
 ) -> QuantizedMatrix:
