@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "config's calibration files)",
     )
 
+    _tune_parser(sub)
+
     export = sub.add_parser("export", help="export a hubquant artefact (to Hugging Face)")
     export.add_argument("source", help="a hubquant folder, .keras or .safetensors file")
     export.add_argument("--to", default="hf", help="target format: hf (compressed-tensors)")
@@ -97,6 +99,30 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "recipes":
             _recipe_verbs(verbs)
     return parser
+
+
+def _tune_parser(sub) -> None:
+    tune = sub.add_parser("tune", help="choose each layer's mode to a size budget (a config)")
+    tune.add_argument("--preset", default=None, help="float preset (default: the synthetic one)")
+    tune.add_argument("--output-config", required=True, help="where to write the tuned config")
+    tune.add_argument("--target-size", help="fraction of float bytes (0.25) or a size (1.5GB)")
+    tune.add_argument("--target-bits", help="average bits per weight, scales included (4.5)")
+    tune.add_argument(
+        "--calibration",
+        action="append",
+        metavar="FILE",
+        help="calibration text file or glob (repeatable; default: text the model writes)",
+    )
+    tune.add_argument(
+        "--candidates",
+        help="comma list replacing the defaults (none, int8, int4_g32/64/128 with and without "
+        "_sym), or +name / -name to add or drop one",
+    )
+    tune.add_argument("--recipe", help="recipe YAML file or shipped recipe name")
+    tune.add_argument("--samples", type=int, default=32, help="calibration windows (default 32)")
+    tune.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
+    tune.add_argument("--report", help="also write every layer's choice and damage as JSON")
+    tune.add_argument("--quiet", action="store_true", help="print only errors")
 
 
 def _recipe_verbs(verbs) -> None:
@@ -171,6 +197,22 @@ def _dispatch(args) -> int:
             quiet=args.quiet,
             report=args.report,
             calibration=args.calibration,
+        )
+    if args.command == "tune":
+        from hubquant.tune.command import run
+
+        return run(
+            preset=args.preset,
+            output_config=args.output_config,
+            target_size=args.target_size,
+            target_bits=args.target_bits,
+            calibration=args.calibration,
+            candidates=args.candidates,
+            recipe=args.recipe,
+            samples=args.samples,
+            seq_len=args.seq_len,
+            report=args.report,
+            quiet=args.quiet,
         )
     if args.command == "inspect":
         return commands.inspect(args.path, args.json)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from hubquant.errors import HubquantError
@@ -82,15 +81,9 @@ def apply(
 
 def _check_report(path: Path) -> None:
     """Refuse a --report that cannot be written, before the minutes of work."""
-    from hubquant.errors import OutputError
+    from hubquant.io.output import check_writable_file
 
-    parent = path.absolute().parent
-    if path.is_dir():
-        raise OutputError(f"cannot write report '{path}': it is a folder.")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write report '{path}': folder '{parent}' does not exist.")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputError(f"cannot write report '{path}': permission denied (read-only location?)")
+    check_writable_file(path, f"cannot write report '{path}'")
 
 
 def _write_report(path: Path, data: dict) -> None:

@@ -68,7 +68,7 @@ class PlanEntry:
 
     @property
     def bytes_before(self) -> int:
-        return self.params * _itemsize(self.source_dtype)
+        return self.params * itemsize(self.source_dtype)
 
     @property
     def bytes_after(self) -> int:
@@ -242,5 +242,6 @@ def _saved_calibration(data: dict) -> Calibration | None:
         raise ArtefactError(str(e)) from None
 
 
-def _itemsize(dtype: str) -> int:
+def itemsize(dtype: str) -> int:
+    """Bytes per value of a float dtype name (4 for one not listed)."""
     return _ITEMSIZES.get(dtype, 4)

@@ -133,6 +133,17 @@ def _replace(stage: Path, target: Path, overwrite: bool) -> None:
         stage.rename(target)
 
 
+def check_writable_file(path: Path, what: str) -> None:
+    """Raise ``OutputError`` (``what``: its start) unless ``path`` can be written."""
+    parent = path.absolute().parent
+    if path.is_dir():
+        raise OutputError(f"{what}: it is a folder.")
+    if not parent.is_dir():
+        raise OutputError(f"{what}: folder '{parent}' does not exist.")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{what}: permission denied (read-only location?)")
+
+
 def reason(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "no space left on the device"

@@ -1,0 +1,113 @@
+"""``hubquant tune``: mixed precision chosen to a size budget.
+
+Each planned matrix may take any candidate (``none``, ``int8``, ``int4`` in
+several group sizes); the damage of each choice is estimated from the Fisher
+diagonal on calibration text (fisher.py, damage.py) and the least total damage
+that fits the budget is chosen (allocate.py). The result is an ordinary config
+(writer.py) that ``hubquant apply`` uses like any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hubquant.plan import Plan, PlanEntry, itemsize
+from hubquant.tune.budget import Budget
+from hubquant.tune.candidates import Candidate
+
+# Every matrix the recipe names, routers excepted (they stay float).
+_ALL_MATRICES = (
+    "default: {mode: int8}\n"
+    "rules:\n"
+    "  - match: {role: 'moe.*router'}\n    mode: none\n    optional: true\n"
+)
+
+
+@dataclass
+class Tuned:
+    """What ``tune`` chose and why."""
+
+    entries: list[PlanEntry]
+    candidates: tuple[Candidate, ...]
+    damage: np.ndarray  # [layers, candidates]: estimated KL per token each adds
+    sizes: np.ndarray  # [layers, candidates]: bytes
+    chosen: np.ndarray  # [layers]: candidate index
+    budget_bytes: int  # for the planned matrices
+    float_bytes: int  # the planned matrices in float
+
+    @property
+    def predicted_kl(self) -> float:
+        return float(self.damage[np.arange(len(self.chosen)), self.chosen].sum())
+
+    @property
+    def chosen_bytes(self) -> int:
+        return int(self.sizes[np.arange(len(self.chosen)), self.chosen].sum())
+
+    def choices(self) -> list[Candidate]:
+        return [self.candidates[i] for i in self.chosen]
+
+    def rows(self) -> list[dict]:
+        """Per layer: path, role, block, choice, bytes and damage (for reports)."""
+        return [
+            {
+                "path": e.path,
+                "role": e.role,
+                "block": e.block,
+                "choice": self.candidates[c].name,
+                "bytes": int(self.sizes[i, c]),
+                "damage": float(self.damage[i, c]),
+            }
+            for i, (e, c) in enumerate(zip(self.entries, self.chosen, strict=True))
+        ]
+
+
+def tunable_plan(model, recipe=None) -> Plan:
+    from hubquant.config import parse_config
+    from hubquant.planning import plan_for
+
+    return plan_for(model, parse_config(_ALL_MATRICES, "tune"), recipe)
+
+
+def tune(
+    model,
+    budget: Budget,
+    tokens: np.ndarray,
+    candidates: tuple[Candidate, ...],
+    recipe=None,
+    report=print,
+) -> Tuned:
+    """Choose a candidate per planned matrix of the float ``model`` (a task
+    with an LM head) so that the estimated KL is least within ``budget``;
+    ``tokens`` ``[windows, seq_len]``: calibration text."""
+    from hubquant.paths import backbone_of
+    from hubquant.tune.allocate import allocate
+    from hubquant.tune.damage import canonical, damage_row, matrix_variable
+    from hubquant.tune.fisher import fisher_diagonal
+
+    backbone = backbone_of(model)
+    entries = [e for e in tunable_plan(model, recipe).entries if e.mode != "none"]
+    variables = [matrix_variable(backbone, e) for e in entries]
+    fisher = fisher_diagonal(model, tokens, variables, report=report)
+    damage, sizes = [], []
+    for i, (entry, var, f) in enumerate(zip(entries, variables, fisher, strict=True)):
+        w = canonical(backbone, entry, var.value)
+        damage.append(damage_row(w, canonical(backbone, entry, f), candidates))
+        sizes.append([c.size(entry) for c in candidates])
+        report(f"damage: {i + 1}/{len(entries)} {entry.path}")
+    float_bytes = sum(e.bytes_before for e in entries)
+    params = sum(e.params for e in entries)
+    planned = {id(v) for v in variables}
+    other = sum(_bytes(v) for v in backbone.weights if id(v) not in planned)
+    allowed = budget.matrix_bytes(float_bytes, params, other)
+    damage, sizes = np.array(damage), np.array(sizes, np.int64)
+    chosen = allocate(damage, sizes, allowed)
+    return Tuned(entries, candidates, damage, sizes, chosen, allowed, float_bytes)
+
+
+def _bytes(variable) -> int:
+    return int(np.prod(variable.shape)) * itemsize(str(variable.dtype))
+
+
+__all__ = ["Tuned", "tune", "tunable_plan"]
