@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument(
         "--config",
-        required=True,
         help="mode config: a YAML file or a shipped name (int8, int4, mixed, encoder_int4)",
     )
+    apply.add_argument("--target-size", help="instead of --config: tune to this budget first")
+    apply.add_argument("--target-bits", help="instead of --config: tune to these bits first")
     apply.add_argument("--output", help="output folder (required unless --dry-run)")
     apply.add_argument(
         "--recipe",
@@ -197,6 +198,8 @@ def _dispatch(args) -> int:
             quiet=args.quiet,
             report=args.report,
             calibration=args.calibration,
+            target_size=args.target_size,
+            target_bits=args.target_bits,
         )
     if args.command == "tune":
         from hubquant.tune.command import run

@@ -10,7 +10,7 @@ from hubquant.errors import HubquantError
 
 def apply(
     preset: str | None,
-    config: str,
+    config: str | None,
     output: str | None,
     recipe: str | None = None,
     formats: str = "preset",
@@ -20,10 +20,14 @@ def apply(
     quiet: bool = False,
     report: str | None = None,
     calibration: list[str] | None = None,
+    target_size: str | None = None,
+    target_bits: str | None = None,
 ) -> int:
     """Load a float preset, quantize it as the config says, save it.
 
     ``calibration``: text files or globs replacing the config's calibration files.
+    With a budget (``target_size`` or ``target_bits``) instead of a config, the
+    config is tuned first (``hubquant tune``) on those files or generated text.
     """
     from hubquant import api
     from hubquant import report as report_mod
@@ -41,7 +45,9 @@ def apply(
         check_target(Path(output).absolute(), overwrite)
     if report:
         _check_report(Path(report))
-    config_obj = _with_calibration(load_config(config), calibration)
+    budget = _budget(config, target_size, target_bits)
+    if budget is None:
+        config_obj = _with_calibration(load_config(config), calibration)
     recipe_obj = get_recipe(recipe) if recipe else None
     if preset is None:
         preset = DEFAULT_PRESET
@@ -56,6 +62,12 @@ def apply(
             f"using the built-in preset '{DEFAULT_PRESET}': synthetic random weights; it shows the pipeline, not a useful model"
         )
     _check_recipe(preset, recipe_obj)  # before reading weights that no recipe serves
+    if budget is not None:
+        from hubquant.tune.command import tuned_config
+
+        config_obj = _with_calibration(
+            tuned_config(preset, budget, calibration, recipe_obj, say), calibration
+        )
     pending = api.prepare(preset, config_obj, recipe_obj, strict=strict)
     plan = pending.plan
     if dry_run:
@@ -77,6 +89,21 @@ def apply(
         _write_report(Path(report), report_mod.role_report(plan, progress.seconds))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0
+
+
+def _budget(config: str | None, target_size: str | None, target_bits: str | None):
+    """The budget to tune to, or None when a config is given (one of the two)."""
+    if config is not None and (target_size, target_bits) == (None, None):
+        return None
+    if config is not None or (target_size, target_bits) == (None, None):
+        raise HubquantError(
+            "give --config (a mode config) or a budget (--target-size / --target-bits): "
+            f"one of the two. Received: config={config}, target_size={target_size}, "
+            f"target_bits={target_bits}"
+        )
+    from hubquant.tune.budget import parse_budget
+
+    return parse_budget(target_size, target_bits)
 
 
 def _check_report(path: Path) -> None:

@@ -156,3 +156,28 @@ def test_an_unwritable_output_config_is_refused_before_any_work(capsys, tmp_path
     err = capsys.readouterr().err
     assert code == 2
     assert f"--output-config: cannot write '{out}': folder '{out.parent}' does not exist." in err
+
+
+def test_apply_tunes_to_a_budget_in_one_step(capsys, tmp_path, float_presets):
+    out = tmp_path / "tuned"
+    argv = ["apply", "--preset", str(float_presets["llama3"]), "--target-bits", "6"]
+    code = cli.main([*argv, "--output", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    plan = hubquant.load(out).backbone.hubquant_plan
+    assert plan.config_text.startswith("# Tuned by hubquant tune for ")  # saved like any config
+    totals = plan.totals()
+    assert totals["bytes_after"] * 8 <= 6 * totals["params"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give --config (a mode config) or a budget"),
+        (["--config", "int4", "--target-size", "0.2"], "one of the two"),
+    ],
+)
+def test_apply_takes_a_config_or_a_budget(capsys, tmp_path, extra, message):
+    code = cli.main(["apply", "--output", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -49,6 +49,18 @@ def run(
     return 0
 
 
+def tuned_config(preset: str, budget, files, recipe, say):
+    """The config ``tune`` chooses for ``preset`` (``apply --target-size``)."""
+    from hubquant.config import parse_config
+    from hubquant.tune.candidates import parse_candidates
+
+    _require_jax()
+    model, preset = _float_model(preset, say)
+    tokens = _tokens(model, files, 32, 256, say)
+    _, text, _ = choose(model, budget, tokens, parse_candidates(None), recipe, say, preset)
+    return parse_config(text, "the tuned config")
+
+
 def choose(model, budget, tokens, choices, recipe, say, preset: str):
     """Tune on all but the last windows, measure on those; the config text."""
     from hubquant.api import quantize
