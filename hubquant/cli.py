@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="what a hubquant artefact holds (metadata only)")
     ins.add_argument("path", help="a hubquant folder, .keras, .safetensors or Hugging Face export")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ins.add_argument("--plot", help="draw blocks x roles (bits per weight) as a PNG")
 
     presets = sub.add_parser("presets", help="list KerasHub presets hubquant has a recipe for")
     presets.add_argument("filter", nargs="?", default="", help="only names containing this")
@@ -123,6 +124,7 @@ def _tune_parser(sub) -> None:
     tune.add_argument("--samples", type=int, default=32, help="calibration windows (default 32)")
     tune.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
     tune.add_argument("--report", help="also write every layer's choice and damage as JSON")
+    tune.add_argument("--plot", help="also draw the choice as a PNG heatmap (needs matplotlib)")
     tune.add_argument("--quiet", action="store_true", help="print only errors")
 
 
@@ -215,10 +217,11 @@ def _dispatch(args) -> int:
             samples=args.samples,
             seq_len=args.seq_len,
             report=args.report,
+            plot=args.plot,
             quiet=args.quiet,
         )
     if args.command == "inspect":
-        return commands.inspect(args.path, args.json)
+        return commands.inspect(args.path, args.json, args.plot)
     if args.command == "eval":
         return commands.evaluate(
             args.preset, args.quantized, args.text, args.seq_len, args.windows, args.json

@@ -152,11 +152,19 @@ def _formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def inspect(path: str, as_json: bool) -> int:
+def inspect(path: str, as_json: bool, plot: str | None = None) -> int:
     from hubquant.inspection import format_inspection, inspect_path
 
+    if plot:
+        from hubquant.tune.picture import check_plot
+
+        check_plot(plot)
     info = inspect_path(path)
     print(json.dumps(info, indent=1) if as_json else format_inspection(info))
+    if plot and info.get("layers"):
+        from hubquant.tune.picture import save_heatmap
+
+        save_heatmap(info["layers"], plot, f"{path}: {info.get('config_source')}")
     return 0 if info["complete"] else 2
 
 

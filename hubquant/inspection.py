@@ -78,6 +78,23 @@ def _plan_summary(plan: Plan) -> dict:
             {"role": r, "mode": m, "group_size": g, "symmetric": s, "count": n}
             for (r, m, g, s), n in counts.items()
         ],
+        "layers": [layer_row(e) for e in plan.entries],
+    }
+
+
+def layer_row(entry) -> dict:
+    """One matrix of a Plan: where it is and how it is stored (``choice``: a
+    ``tune`` candidate name)."""
+    choice = entry.mode
+    if entry.mode == "int4":
+        choice = f"int4_g{entry.group_size}" + ("_sym" if entry.symmetric else "")
+    return {
+        "path": entry.path,
+        "role": entry.role,
+        "block": entry.block,
+        "choice": choice,
+        "bytes": entry.bytes_after,
+        "params": entry.params,
     }
 
 

@@ -90,9 +90,13 @@ def tuned(tmp_path_factory, float_presets):
     config, report = folder / "tuned.yaml", folder / "tune.json"
     argv = ["tune", "--preset", str(float_presets["llama3"]), "--target-size", "0.25"]
     argv += ["--output-config", str(config), "--report", str(report)]
-    argv += ["--samples", "6", "--seq-len", "16", "--quiet"]
+    argv += ["--samples", "6", "--seq-len", "16", "--quiet", "--plot", str(folder / "t.png")]
     assert cli.main(argv) == 0
     return config, report
+
+
+def test_the_picture_is_a_png(tuned):
+    assert (tuned[0].parent / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_tuned_config_applies_within_the_budget(tuned, fresh):
@@ -138,6 +142,7 @@ def test_more_bytes_never_predict_more_damage(float_presets):
         (["--target-size", "0.3", "--target-bits", "4"], "give one budget"),
         (["--target-size", "0.3", "--candidates", "int4_g0"], "unknown candidate 'int4_g0'"),
         (["--target-size", "0.3", "--samples", "0"], "--samples must be at least 1"),
+        (["--target-size", "0.3", "--plot", "/nonexistent/p.png"], "--plot: cannot write"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, float_presets, extra, message):
@@ -167,6 +172,8 @@ def test_apply_tunes_to_a_budget_in_one_step(capsys, tmp_path, float_presets):
     assert plan.config_text.startswith("# Tuned by hubquant tune for ")  # saved like any config
     totals = plan.totals()
     assert totals["bytes_after"] * 8 <= 6 * totals["params"]
+    assert cli.main(["inspect", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,7 @@ class Tuned:
                 "block": e.block,
                 "choice": self.candidates[c].name,
                 "bytes": int(self.sizes[i, c]),
+                "params": e.params,
                 "damage": float(self.damage[i, c]),
             }
             for i, (e, c) in enumerate(zip(self.entries, self.chosen, strict=True))

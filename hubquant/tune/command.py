@@ -25,6 +25,7 @@ def run(
     samples: int = 32,
     seq_len: int = 256,
     report: str | None = None,
+    plot: str | None = None,
     quiet: bool = False,
 ) -> int:
     from hubquant.tune.budget import parse_budget
@@ -39,12 +40,20 @@ def run(
     _check_writable(target, "--output-config")
     if report:
         _check_writable(Path(report), "--report")
+    if plot:
+        from hubquant.tune.picture import check_plot
+
+        check_plot(plot)
     model, preset = _float_model(preset, say)
     tokens = _tokens(model, calibration, samples, seq_len, say)
     tuned, text, measured = choose(model, budget, tokens, choices, recipe, say, preset)
     _write(target, text)
     if report:
         _write(Path(report), _report_json(tuned, measured))
+    if plot:
+        from hubquant.tune.picture import save_heatmap
+
+        save_heatmap(tuned.rows(), plot, f"{preset}: {budget.text}")
     say(f"wrote {target}")
     return 0
 
