@@ -126,6 +126,11 @@ def _tune_parser(sub) -> None:
     tune.add_argument("--report", help="also write every layer's choice and damage as JSON")
     tune.add_argument("--plot", help="also draw the choice as a PNG heatmap (needs matplotlib)")
     tune.add_argument("--quiet", action="store_true", help="print only errors")
+    tune.add_argument(
+        "--fused",
+        action="store_true",
+        help="one mode for the layers of a block that read the same input (q/k/v; gate/up)",
+    )
 
 
 def _recipe_verbs(verbs) -> None:
@@ -219,6 +224,7 @@ def _dispatch(args) -> int:
             report=args.report,
             plot=args.plot,
             quiet=args.quiet,
+            fused=args.fused,
         )
     if args.command == "inspect":
         return commands.inspect(args.path, args.json, args.plot)

@@ -188,3 +188,19 @@ def test_apply_takes_a_config_or_a_budget(capsys, tmp_path, extra, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_fused_layers_share_one_choice(float_presets):
+    import keras_hub
+
+    from hubquant.tune import tune
+
+    lm = keras_hub.models.CausalLM.from_preset(str(float_presets["llama3"]))
+    tokens = np.random.default_rng(0).integers(4, 200, (3, 16))
+    every = parse_candidates(None)
+    result = tune(lm, parse_budget("0.22", None), tokens, every, report=lambda *a: None, fused=True)
+    chosen = {(r["block"], r["role"]): r["choice"] for r in result.rows()}
+    for block in (0, 1):
+        assert len({chosen[(block, role)] for role in ("attn.q", "attn.k", "attn.v")}) == 1
+        assert chosen[(block, "mlp.gate")] == chosen[(block, "mlp.up")]
+    assert result.chosen_bytes <= result.budget_bytes

@@ -78,10 +78,13 @@ def tune(
     candidates: tuple[Candidate, ...],
     recipe=None,
     report=print,
+    fused: bool = False,
 ) -> Tuned:
     """Choose a candidate per planned matrix of the float ``model`` (a task
     with an LM head) so that the estimated KL is least within ``budget``;
-    ``tokens`` ``[windows, seq_len]``: calibration text."""
+    ``tokens`` ``[windows, seq_len]``: calibration text. ``fused``: layers of
+    a block that read the same input (the recipe's ``input_norm``: q/k/v,
+    gate/up) take one candidate, as serving engines fuse them."""
     from hubquant.paths import backbone_of
     from hubquant.tune.allocate import allocate
     from hubquant.tune.damage import canonical, damage_row, matrix_variable
@@ -103,8 +106,25 @@ def tune(
     other = sum(_bytes(v) for v in backbone.weights if id(v) not in planned)
     allowed = budget.matrix_bytes(float_bytes, params, other)
     damage, sizes = np.array(damage), np.array(sizes, np.int64)
-    chosen = allocate(damage, sizes, allowed)
+    groups = fusion_groups(entries) if fused else [[i] for i in range(len(entries))]
+    picked = allocate(
+        np.array([damage[g].sum(0) for g in groups]),
+        np.array([sizes[g].sum(0) for g in groups]),
+        allowed,
+    )
+    chosen = np.zeros(len(entries), np.int64)
+    for group, pick in zip(groups, picked, strict=True):
+        chosen[group] = pick
     return Tuned(entries, candidates, damage, sizes, chosen, allowed, float_bytes)
+
+
+def fusion_groups(entries: list[PlanEntry]) -> list[list[int]]:
+    """Indices of entries that must share a choice: same block, same input norm."""
+    groups: dict = {}
+    for i, e in enumerate(entries):
+        key = (e.block, e.input_norm) if e.input_norm and e.block is not None else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def _bytes(variable) -> int:

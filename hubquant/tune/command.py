@@ -27,6 +27,7 @@ def run(
     report: str | None = None,
     plot: str | None = None,
     quiet: bool = False,
+    fused: bool = False,
 ) -> int:
     from hubquant.tune.budget import parse_budget
     from hubquant.tune.candidates import parse_candidates
@@ -46,7 +47,7 @@ def run(
         check_plot(plot)
     model, preset = _float_model(preset, say)
     tokens = _tokens(model, calibration, samples, seq_len, say)
-    tuned, text, measured = choose(model, budget, tokens, choices, recipe, say, preset)
+    tuned, text, measured = choose(model, budget, tokens, choices, recipe, say, preset, fused)
     _write(target, text)
     if report:
         _write(Path(report), _report_json(tuned, measured))
@@ -70,7 +71,7 @@ def tuned_config(preset: str, budget, files, recipe, say):
     return parse_config(text, "the tuned config")
 
 
-def choose(model, budget, tokens, choices, recipe, say, preset: str):
+def choose(model, budget, tokens, choices, recipe, say, preset: str, fused: bool = False):
     """Tune on all but the last windows, measure on those; the config text."""
     from hubquant.api import quantize
     from hubquant.config import parse_config
@@ -81,7 +82,7 @@ def choose(model, budget, tokens, choices, recipe, say, preset: str):
 
     held = min(HELD_OUT, max(1, len(tokens) // 4)) if len(tokens) > 1 else 0
     fit, check = tokens[: len(tokens) - held], tokens[len(tokens) - held :]
-    tuned = tune(model, budget, fit, choices, recipe, report=say)
+    tuned = tune(model, budget, fit, choices, recipe, report=say, fused=fused)
     header = _header(tuned, budget, preset)
     text = config_text(tuned.entries, tuned.choices(), header)
     config = parse_config(text, "the tuned config")
