@@ -204,3 +204,32 @@ def test_fused_layers_share_one_choice(float_presets):
         assert len({chosen[(block, role)] for role in ("attn.q", "attn.k", "attn.v")}) == 1
         assert chosen[(block, "mlp.gate")] == chosen[(block, "mlp.up")]
     assert result.chosen_bytes <= result.budget_bytes
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_each_expert_layer_takes_one_choice_that_the_config_gives_back(family):
+    import families
+    import keras_hub
+
+    from hubquant.config import parse_config
+    from hubquant.tune import tune
+    from hubquant.tune.writer import config_text
+
+    task = {
+        "qwen3_moe": keras_hub.models.Qwen3MoeCausalLM,
+        "mixtral": keras_hub.models.MixtralCausalLM,
+    }
+    lm = task[family](backbone=getattr(families, f"{family}_backbone")(), preprocessor=None)
+    tokens = np.random.default_rng(0).integers(4, 200, (3, 12))
+    result = tune(
+        lm, parse_budget("0.22", None), tokens, parse_candidates(None), report=lambda *a: None
+    )
+    plan = hubquant.plan_for(
+        lm, parse_config(config_text(result.entries, result.choices(), []), "t")
+    )
+    got = {(e.path, e.role, e.matrix): e for e in plan.entries}
+    for entry, chosen in zip(result.entries, result.choices(), strict=True):
+        applied = got[(entry.path, entry.role, entry.matrix)]
+        assert applied.mode == chosen.mode, entry.path
+        if chosen.mode == "int4":
+            assert (applied.group_size, applied.symmetric) == (chosen.group_size, chosen.symmetric)

@@ -106,7 +106,7 @@ def tune(
     other = sum(_bytes(v) for v in backbone.weights if id(v) not in planned)
     allowed = budget.matrix_bytes(float_bytes, params, other)
     damage, sizes = np.array(damage), np.array(sizes, np.int64)
-    groups = fusion_groups(entries) if fused else [[i] for i in range(len(entries))]
+    groups = fusion_groups(entries, fused)
     picked = allocate(
         np.array([damage[g].sum(0) for g in groups]),
         np.array([sizes[g].sum(0) for g in groups]),
@@ -118,11 +118,15 @@ def tune(
     return Tuned(entries, candidates, damage, sizes, chosen, allowed, float_bytes)
 
 
-def fusion_groups(entries: list[PlanEntry]) -> list[list[int]]:
-    """Indices of entries that must share a choice: same block, same input norm."""
+def fusion_groups(entries: list[PlanEntry], fused: bool) -> list[list[int]]:
+    """Indices of entries that take one choice: the matrices of one layer and
+    role (an expert layer's banks: a config chooses per layer and role), and
+    with ``fused`` the layers of a block that read the same input."""
     groups: dict = {}
     for i, e in enumerate(entries):
-        key = (e.block, e.input_norm) if e.input_norm and e.block is not None else i
+        key = (e.path, e.role)
+        if fused and e.input_norm and e.block is not None:
+            key = (e.block, e.input_norm)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
