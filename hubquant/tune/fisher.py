@@ -42,7 +42,7 @@ def _gradient_step(model, others, wanted: tuple):
         inputs = {"token_ids": ids, "padding_mask": jnp.ones_like(ids)}
         logits, _ = model.stateless_call(values, others, inputs)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        labels = jax.random.categorical(key, lax_stop(logp), axis=-1)
+        labels = jax.random.categorical(key, jax.lax.stop_gradient(logp), axis=-1)
         return jnp.sum(jnp.take_along_axis(logp, labels[..., None], axis=-1))
 
     grad = jax.grad(log_likelihood)
@@ -53,7 +53,3 @@ def _gradient_step(model, others, wanted: tuple):
         return [s + jnp.square(g[i].astype(jnp.float32)) for s, i in zip(sums, wanted, strict=True)]
 
     return step
-
-
-def lax_stop(x):
-    return jax.lax.stop_gradient(x)
