@@ -79,3 +79,19 @@ def test_a_leaf_module_does_not_import_the_library_calls():
     code = "import sys, hubquant.quantizers; print(sorted(m for m in sys.modules if m in ('hubquant.api', 'hubquant.stream')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists packages by name: a new folder must be listed, or
+    an installed hubquant lacks it (the tests, run from the source tree, would not see it)."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    folders = {
+        ".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")
+    }
+    assert folders <= listed
