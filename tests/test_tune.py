@@ -139,6 +139,7 @@ def test_more_bytes_never_predict_more_damage(float_presets):
     ("extra", "message"),
     [
         (["--target-size", "0.01"], "below the smallest reachable size"),
+        (["--target-size", "10GB"], "is above the float model"),
         (["--target-size", "0.3", "--target-bits", "4"], "give one budget"),
         (["--target-size", "0.3", "--candidates", "int4_g0"], "unknown candidate 'int4_g0'"),
         (["--target-size", "0.3", "--samples", "0"], "--samples must be at least 1"),

@@ -86,26 +86,26 @@ def tune(
     a block that read the same input (the recipe's ``input_norm``: q/k/v,
     gate/up) take one candidate, as serving engines fuse them."""
     from hubquant.paths import backbone_of
-    from hubquant.tune.allocate import allocate
+    from hubquant.tune.allocate import allocate, check_reachable
     from hubquant.tune.damage import canonical, damage_row, matrix_variable
     from hubquant.tune.fisher import fisher_diagonal
 
     backbone = backbone_of(model)
     entries = [e for e in tunable_plan(model, recipe).entries if e.mode != "none"]
     variables = [matrix_variable(backbone, e) for e in entries]
+    sizes = np.array([[c.size(e) for c in candidates] for e in entries], np.int64)
+    float_bytes = sum(e.bytes_before for e in entries)
+    planned = {id(v) for v in variables}
+    other = sum(_bytes(v) for v in backbone.weights if id(v) not in planned)
+    allowed = budget.matrix_bytes(float_bytes, sum(e.params for e in entries), other)
+    check_reachable(sizes, allowed)  # before the minutes of work
     fisher = fisher_diagonal(model, tokens, variables, report=report)
-    damage, sizes = [], []
+    damage = []
     for i, (entry, var, f) in enumerate(zip(entries, variables, fisher, strict=True)):
         w = canonical(backbone, entry, var.value)
         damage.append(damage_row(w, canonical(backbone, entry, f), candidates))
-        sizes.append([c.size(entry) for c in candidates])
         report(f"damage: {i + 1}/{len(entries)} {entry.path}")
-    float_bytes = sum(e.bytes_before for e in entries)
-    params = sum(e.params for e in entries)
-    planned = {id(v) for v in variables}
-    other = sum(_bytes(v) for v in backbone.weights if id(v) not in planned)
-    allowed = budget.matrix_bytes(float_bytes, params, other)
-    damage, sizes = np.array(damage), np.array(sizes, np.int64)
+    damage = np.array(damage)
     groups = fusion_groups(entries, fused)
     picked = allocate(
         np.array([damage[g].sum(0) for g in groups]),

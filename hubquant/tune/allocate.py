@@ -15,15 +15,21 @@ from hubquant.errors import HubquantError
 STEPS = 1 << 16
 
 
-def allocate(damage: np.ndarray, sizes: np.ndarray, budget: int) -> np.ndarray:
-    """Candidate index per layer (``damage`` and ``sizes`` are ``[layers,
-    candidates]``; an infinite damage forbids a choice)."""
-    smallest, largest = int(sizes.min(axis=1).sum()), int(sizes.max(axis=1).sum())
+def check_reachable(sizes: np.ndarray, budget: int) -> None:
+    """Refuse a budget below every layer at its smallest candidate."""
+    smallest = int(sizes.min(axis=1).sum())
     if budget < smallest:
         raise HubquantError(
             f"the budget of {budget:,} bytes is below the smallest reachable size, "
             f"{smallest:,} bytes (every layer at its smallest candidate)."
         )
+
+
+def allocate(damage: np.ndarray, sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Candidate index per layer (``damage`` and ``sizes`` are ``[layers,
+    candidates]``; an infinite damage forbids a choice)."""
+    check_reachable(sizes, budget)
+    largest = int(sizes.max(axis=1).sum())
     unit = max(1, -(-min(budget, largest) // STEPS))
     cost = -(-sizes // unit)
     cap = min(budget, largest) // unit

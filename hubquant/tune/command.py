@@ -103,24 +103,24 @@ def _header(tuned, budget, preset: str) -> list[str]:
         f"Tuned by hubquant tune for {preset}: {budget.text} -> the quantized matrices may",
         f"take {tuned.budget_bytes:,} bytes of their {tuned.float_bytes:,} in float; they take "
         f"{tuned.chosen_bytes:,} ({tuned.chosen_bytes / tuned.float_bytes:.3f}).",
-        f"Predicted KL(float || tuned) per token: {tuned.predicted_kl:.4f} (Fisher estimate).",
+        f"Predicted KL(float || tuned) per token: {tuned.predicted_kl:.4g} (Fisher estimate).",
         f"Command: {command}",
     ]
 
 
 def _measured_line(measured) -> list[str]:
     kl, top1 = measured
-    return [f"Measured on held-out calibration windows: KL {kl:.4f}, top-1 agreement {top1:.1%}."]
+    return [f"Measured on held-out calibration windows: KL {kl:.4g}, top-1 agreement {top1:.1%}."]
 
 
 def _summary(tuned, measured) -> str:
     line = (
         f"{tuned.chosen_bytes:,} of {tuned.budget_bytes:,} bytes allowed "
         f"({tuned.chosen_bytes / tuned.float_bytes:.3f} of float); "
-        f"predicted KL {tuned.predicted_kl:.4f}"
+        f"predicted KL {tuned.predicted_kl:.4g}"
     )
     if measured:
-        line += f", measured KL {measured[0]:.4f}, top-1 {measured[1]:.1%}"
+        line += f", measured KL {measured[0]:.4g}, top-1 {measured[1]:.1%}"
     return line
 
 
