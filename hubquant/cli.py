@@ -121,7 +121,7 @@ def _tune_parser(sub) -> None:
         "_sym), or +name / -name to add or drop one",
     )
     tune.add_argument("--recipe", help="recipe YAML file or shipped recipe name")
-    tune.add_argument("--samples", type=int, default=32, help="calibration windows (default 32)")
+    tune.add_argument("--samples", type=int, default=16, help="calibration windows (default 16)")
     tune.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
     tune.add_argument("--report", help="also write every layer's choice and damage as JSON")
     tune.add_argument("--plot", help="also draw the choice as a PNG heatmap (needs matplotlib)")

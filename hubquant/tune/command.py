@@ -12,6 +12,9 @@ import numpy as np
 from hubquant.errors import HubquantError, OutputError
 
 HELD_OUT = 4  # calibration windows kept back to measure the choice
+# 12 windows for the Fisher pass: on SmolLM2-135M the choice measured as well as with 28
+# (KL 0.2002 against 0.1998 on held-out text) in 94 s instead of 125 s.
+SAMPLES = 16
 
 
 def run(
@@ -22,7 +25,7 @@ def run(
     calibration: list[str] | None = None,
     candidates: str | None = None,
     recipe: str | None = None,
-    samples: int = 32,
+    samples: int = SAMPLES,
     seq_len: int = 256,
     report: str | None = None,
     plot: str | None = None,
@@ -66,7 +69,7 @@ def tuned_config(preset: str, budget, files, recipe, say):
 
     _require_jax()
     model, preset = _float_model(preset, say)
-    tokens = _tokens(model, files, 32, 256, say)
+    tokens = _tokens(model, files, SAMPLES, 256, say)
     _, text, _ = choose(model, budget, tokens, parse_candidates(None), recipe, say, preset)
     return parse_config(text, "the tuned config")
 
