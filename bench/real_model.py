@@ -62,27 +62,36 @@ def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def read_gguf(path: Path) -> tuple[dict, dict]:
-    """(metadata fields, Hugging Face name -> float32 array) of a Llama GGUF file."""
+def read_gguf(path: Path, block_names: dict, top_names: dict, adjust) -> tuple[dict, dict]:
+    """(metadata fields, Hugging Face name -> float32 array) of a GGUF file:
+    ``top_names`` maps whole GGUF names, ``block_names`` the part of
+    ``blk.N.part.weight``; ``adjust(meta, gguf_name, array)`` gives the array
+    Hugging Face stores."""
     import gguf
     from gguf.quants import dequantize
 
     reader = gguf.GGUFReader(str(path))
     meta = {key: field.contents() for key, field in reader.fields.items()}
-    heads = int(meta["llama.attention.head_count"])
-    kv_heads = int(meta["llama.attention.head_count_kv"])
     tensors = {}
     for t in reader.tensors:
         w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
-        w = w.reshape(list(reversed(t.shape.tolist())))
-        if t.name in _TOP_NAMES:
-            tensors[_TOP_NAMES[t.name]] = w
+        w = adjust(meta, t.name, w.reshape(list(reversed(t.shape.tolist()))))
+        if t.name in top_names:
+            tensors[top_names[t.name]] = w
             continue
         _, block, part, _ = t.name.split(".")
-        if part in ("attn_q", "attn_k"):
-            w = unpermute(w, heads if part == "attn_q" else kv_heads)
-        tensors[f"model.layers.{block}.{_BLOCK_NAMES[part]}.weight"] = w
+        tensors[f"model.layers.{block}.{block_names[part]}.weight"] = w
     return meta, tensors
+
+
+def _llama_layout(meta: dict, name: str, w: np.ndarray) -> np.ndarray:
+    """q/k rows back from llama.cpp's rotary order."""
+    part = name.split(".")[2] if name.startswith("blk.") else ""
+    if part == "attn_q":
+        return unpermute(w, int(meta["llama.attention.head_count"]))
+    if part == "attn_k":
+        return unpermute(w, int(meta["llama.attention.head_count_kv"]))
+    return w
 
 
 def hf_config(meta: dict, tied: bool) -> dict:
@@ -164,7 +173,7 @@ def tokenizer_files(meta: dict) -> dict[str, object]:
 def write_model(gguf_path: Path, folder: Path) -> None:
     from safetensors.numpy import save_file
 
-    meta, tensors = read_gguf(gguf_path)
+    meta, tensors = read_gguf(gguf_path, _BLOCK_NAMES, _TOP_NAMES, _llama_layout)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     files = {"config.json": hf_config(meta, "lm_head.weight" not in tensors)}

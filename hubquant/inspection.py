@@ -85,14 +85,13 @@ def _plan_summary(plan: Plan) -> dict:
 def layer_row(entry) -> dict:
     """One matrix of a Plan: where it is and how it is stored (``choice``: a
     ``tune`` candidate name)."""
-    choice = entry.mode
-    if entry.mode == "int4":
-        choice = f"int4_g{entry.group_size}" + ("_sym" if entry.symmetric else "")
+    from hubquant.tune.candidates import Candidate
+
     return {
         "path": entry.path,
         "role": entry.role,
         "block": entry.block,
-        "choice": choice,
+        "choice": Candidate(entry.mode, entry.group_size, entry.symmetric).name,
         "bytes": entry.bytes_after,
         "params": entry.params,
     }

@@ -67,13 +67,14 @@ def awq_quantize(
     scaled = w * s[None, :]
     if mode == "int8":
         matrix = quantizers.quantize_int8(scaled)
-    elif gptq:
-        hessian = 2 * gram / (s[:, None] * s[None, :])  # of the inputs x / s
-        matrix = gptq_quantize(scaled, hessian, mode, group_size, symmetric, act_order=True)
-    elif clip:
-        matrix = output_clipped_int4(
-            scaled, gram / (s[:, None] * s[None, :]), group_size, symmetric
-        )
+    elif gptq or clip:
+        scaled_gram = gram / (s[:, None] * s[None, :])  # of the inputs x / s
+        if gptq:
+            matrix = gptq_quantize(
+                scaled, 2 * scaled_gram, mode, group_size, symmetric, act_order=True
+            )
+        else:
+            matrix = output_clipped_int4(scaled, scaled_gram, group_size, symmetric)
     else:
         matrix = quantizers.quantize_int4(scaled, group_size, symmetric)
     return matrix, (1.0 / s).astype(np.float32)

@@ -49,17 +49,11 @@ class Tuned:
         return [self.candidates[i] for i in self.chosen]
 
     def rows(self) -> list[dict]:
-        """Per layer: path, role, block, choice, bytes and damage (for reports)."""
+        """Per layer: ``inspect``'s row of the chosen layer, and its damage."""
+        from hubquant.inspection import layer_row
+
         return [
-            {
-                "path": e.path,
-                "role": e.role,
-                "block": e.block,
-                "choice": self.candidates[c].name,
-                "bytes": int(self.sizes[i, c]),
-                "params": e.params,
-                "damage": float(self.damage[i, c]),
-            }
+            {**layer_row(self.candidates[c].applied_to(e)), "damage": float(self.damage[i, c])}
             for i, (e, c) in enumerate(zip(self.entries, self.chosen, strict=True))
         ]
 

@@ -30,12 +30,15 @@ class Candidate:
             return {"mode": "none"}
         return {"mode": self.mode, "group_size": self.group_size, "symmetric": self.symmetric}
 
-    def size(self, entry: PlanEntry) -> int:
-        """Bytes of ``entry`` stored this way, as the Plan counts them."""
-        chosen = dataclasses.replace(
+    def applied_to(self, entry: PlanEntry) -> PlanEntry:
+        """``entry`` as the Plan would hold it stored this way."""
+        return dataclasses.replace(
             entry, mode=self.mode, group_size=self.group_size, symmetric=self.symmetric
         )
-        return chosen.bytes_after
+
+    def size(self, entry: PlanEntry) -> int:
+        """Bytes of ``entry`` stored this way, as the Plan counts them."""
+        return self.applied_to(entry).bytes_after
 
 
 _INT4 = re.compile(r"int4_g([1-9][0-9]{0,5})(_sym)?")
