@@ -1,11 +1,15 @@
 """How close a merged LoRA model stays: KL to (float + adapter) of ``merge_lora``
 against quantizing the merged float model afresh with the same config.
 
-    python bench/lora_merge.py FOLDER --text EVAL.txt [--configs int4,int8] [--rank 8]
+    python bench/lora_merge.py FOLDER --text EVAL.txt [--calibration CAL.txt]
+        [--configs int4,int8] [--rank 8]
 
 The quantized model is streamed from FOLDER, adapters go on KerasHub's default
 targets with B drawn at each ``--b-std``, and the reference is the float model
-with each adapter's kernel added to its own.
+with each adapter's kernel added to its own. With ``--calibration`` (a text
+other than the evaluation text) a second column merges with calibration
+(``merge_lora(model, calibration=...)``: codes chosen on each layer's grid by
+GPTQ's sweep).
 """
 
 from __future__ import annotations
@@ -35,30 +39,50 @@ def _kl(p, q) -> float:
     return float(np.mean(np.sum(np.exp(p) * (p - q), -1)))
 
 
-def one_row(folder: str, config: str, x: dict, rank: int, b_std: float) -> dict:
+def _adapted(folder: str, config: str, rank: int, b_std: float):
+    """The quantized model with adapters (B drawn per layer, seeded by its path)."""
     lm, _ = hubquant.prepare(folder, config).quantize()
     keras.utils.set_random_seed(0)
     lm.backbone.enable_lora(rank)
-    reference = keras_hub.models.CausalLM.from_preset(folder)
     for attr in lm.backbone.hubquant_plan.layers():
         layer = layer_at(lm.backbone, attr)
         if getattr(layer, "lora_enabled", False):
             rng = np.random.default_rng(len(attr))
             layer.lora_kernel_b.assign(rng.normal(0, b_std, layer.lora_kernel_b.shape))
+    return lm
+
+
+def one_row(folder: str, config: str, x: dict, rank: int, b_std: float, calibration) -> dict:
+    lm = _adapted(folder, config, rank, b_std)
+    reference = keras_hub.models.CausalLM.from_preset(folder)
+    for attr in lm.backbone.hubquant_plan.layers():
+        layer = layer_at(lm.backbone, attr)
+        if getattr(layer, "lora_enabled", False):
             target = layer_at(reference.backbone, attr)
             target._kernel.assign(target._kernel + layer.lora_delta())
     want = _logits(reference, x)
     hubquant.merge_lora(lm)
-    merged = _kl(want, _logits(lm, x))
+    row = {"merged": _kl(want, _logits(lm, x))}
+    if calibration is not None:
+        lm = _adapted(folder, config, rank, b_std)
+        hubquant.merge_lora(lm, calibration=calibration)
+        row["calibrated"] = _kl(want, _logits(lm, x))
     hubquant.quantize(reference, config)
-    fresh = _kl(want, _logits(reference, x))
-    return {"config": config, "b_std": b_std, "merged": merged, "fresh": fresh}
+    row["fresh"] = _kl(want, _logits(reference, x))
+    return row
+
+
+def _windows(tokenizer, folder: str, path: str, count: int, seq_len: int) -> np.ndarray:
+    with open(path, encoding="utf-8") as f:
+        ids = token_ids(tokenizer, f.read(), folder)
+    return ids[: count * seq_len].reshape(count, seq_len).astype("int32")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--text", required=True)
+    parser.add_argument("--calibration", help="text for the calibrated merge (not --text)")
     parser.add_argument("--configs", default="int4,int8")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--b-std", default="0.002,0.01")
@@ -66,16 +90,20 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     args = parser.parse_args()
     tokenizer = keras_hub.models.CausalLM.from_preset(args.folder).preprocessor.tokenizer
-    with open(args.text, encoding="utf-8") as f:
-        ids = token_ids(tokenizer, f.read(), args.folder)
-    ids = ids[: args.windows * args.seq_len].reshape(args.windows, args.seq_len).astype("int32")
+    ids = _windows(tokenizer, args.folder, args.text, args.windows, args.seq_len)
     x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
-    print(f"{'config':8s} {'B std':>7s} {'KL merged':>10s} {'KL fresh':>10s} {'ratio':>7s}")
+    calibration = None
+    if args.calibration:
+        calibration = _windows(tokenizer, args.folder, args.calibration, 32, 256)
+    print(f"{'config':8s} {'B std':>7s} {'KL fresh':>10s} {'merged':>16s} {'calibrated':>16s}")
     for config in args.configs.split(","):
         for b_std in (float(s) for s in args.b_std.split(",")):
-            r = one_row(args.folder, config, x, args.rank, b_std)
-            ratio = r["merged"] / r["fresh"]
-            print(f"{config:8s} {b_std:7.3f} {r['merged']:10.4f} {r['fresh']:10.4f} {ratio:7.3f}")
+            r = one_row(args.folder, config, x, args.rank, b_std, calibration)
+            cells = [
+                f"{r[k]:8.4f} ({r[k] / r['fresh']:.3f}x)" if k in r else f"{'-':>16s}"
+                for k in ("merged", "calibrated")
+            ]
+            print(f"{config:8s} {b_std:7.3f} {r['fresh']:10.4f} {cells[0]} {cells[1]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
+import numpy as np
 
 from hubquant import keras_internals as internals
-from hubquant.calibrate.run import calibrate_plan
+from hubquant.calibrate import blocks
+from hubquant.calibrate.calibration import calibration_tokens
+from hubquant.calibrate.run import calibration_for
 from hubquant.errors import HubquantError
 from hubquant.layers.lora import lora_state
 from hubquant.paths import backbone_of, layer_at
@@ -20,7 +22,9 @@ def merge_lora(model, calibration=None) -> Plan:
     Each layer's codes move on its own grid (scales and zero points kept, see
     ``merge_adapter``), so GPTQ's and AWQ's choices survive the merge. Given
     ``calibration`` (a ``Calibration`` or token ids ``[samples, seq_len]``),
-    GPTQ and imatrix layers are instead calibrated again on the merged weights.
+    the codes of every adapted layer inside the blocks are chosen on that grid
+    by GPTQ's sweep on its inputs, block by block, each block seeing the blocks
+    before it merged.
     """
     backbone = backbone_of(model)
     plan = getattr(backbone, "hubquant_plan", None)
@@ -30,22 +34,40 @@ def merge_lora(model, calibration=None) -> Plan:
             f"{type(model).__name__} has no LoRA adapter on a hubquant layer to merge: "
             "quantize, call backbone.enable_lora(rank) and train first."
         )
-    layers = {a: es for a, es in plan.layers().items() if a in adapted}
-    again = set()
-    if calibration is not None:
-        again = {a for a, es in layers.items() if es[0].algorithm in ("gptq", "imatrix")}
+    layers = {a: es[0] for a, es in plan.layers().items() if a in adapted}
+    merged = set() if calibration is None else _merge_calibrated(model, plan, layers, calibration)
     for attr in layers:
-        layer = layer_at(backbone, attr)
-        if attr in again:
-            layer.unquantize_with_adapter()
-        else:
-            layer.merge_adapter()
-    if again:
-        sub = dataclasses.replace(plan, entries=tuple(e for e in plan.entries if e.attr in again))
-        applied = calibrate_plan(model, sub, calibration)
-        done = {(e.attr, e.matrix): e for e in applied.entries}
-        entries = tuple(done.get((e.attr, e.matrix), e) for e in plan.entries)
-        plan = dataclasses.replace(plan, entries=entries, notes=applied.notes)
+        if attr not in merged:
+            layer_at(backbone, attr).merge_adapter()
     internals.note_lora_layers(backbone, [], 0)
-    object.__setattr__(backbone, "hubquant_plan", plan)
     return plan
+
+
+def _merge_calibrated(model, plan: Plan, layers: dict, calibration) -> set[str]:
+    """Merge the adapted layers inside the blocks, block by block, each on the
+    ``X^T X`` of its inputs (the blocks before it already merged); return
+    their attrs."""
+    backbone = backbone_of(model)
+    if isinstance(calibration, np.ndarray):
+        tokens = calibration.astype("int32")
+    else:
+        tokens = calibration_tokens(model, calibration_for(plan, calibration))
+    by_block: dict[int, list[str]] = {}
+    for attr, entry in layers.items():
+        if entry.block is not None:
+            by_block.setdefault(entry.block, []).append(attr)
+    if not by_block:
+        return set()
+    block_list = blocks.block_list(backbone, plan)
+    inputs = blocks.block_inputs(backbone, block_list, tokens)
+    last = max(by_block)
+    for index, block in enumerate(block_list[: last + 1]):
+        attrs = by_block.get(index, [])
+        stats = {a: blocks.HessianStats(layers[a].shape[1]) for a in attrs}
+        with blocks.recording({a: layer_at(backbone, a) for a in attrs}, stats):
+            inputs.feed(block, index)
+        for attr in attrs:
+            layer_at(backbone, attr).merge_adapter(hessian=stats[attr].hessian())
+        if index < last:
+            inputs.run(block, index)
+    return {a for attrs in by_block.values() for a in attrs}

@@ -42,6 +42,12 @@ class BlockInputs:
             block(x, **kw)
 
 
+def block_list(backbone, plan) -> list:
+    """The backbone's transformer blocks, in order (from the Plan's first block entry)."""
+    attr = next(e.attr for e in plan.entries if e.block is not None).split(".")[0]
+    return list(getattr(backbone, attr))
+
+
 def block_inputs(backbone, blocks: list, tokens: np.ndarray) -> BlockInputs:
     """Block 0's inputs and every block's keyword arguments, batch by batch."""
     batch = max(1, TOKENS_PER_BATCH // tokens.shape[1])
@@ -108,17 +114,24 @@ def recording(layers: dict, stats: dict):
     """
     last: list = [None]  # (input tensor, layer's input order, rows)
     for key, layer in layers.items():
-        layer.call = _observer(layer, stats[key], last)
+        name = _entry_point(layer)
+        setattr(layer, name, _observer(layer, name, stats[key], last))
     try:
         yield
     finally:
         for layer in layers.values():
-            layer.__dict__.pop("call", None)
+            layer.__dict__.pop(_entry_point(layer), None)
         _last_gram[:] = [None, None]
 
 
-def _observer(layer, stat, last: list):
-    original = type(layer).call.__get__(layer)
+def _entry_point(layer) -> str:
+    """The method Keras' ``__call__`` runs: ``quantized_call`` once quantized
+    (a merge records quantized layers), ``call`` before."""
+    return "call" if getattr(layer, "quantization_mode", None) is None else "quantized_call"
+
+
+def _observer(layer, name: str, stat, last: list):
+    original = getattr(type(layer), name).__get__(layer)
     signature = _input_order(layer)
 
     def call(inputs, *args, **kwargs):

@@ -60,36 +60,21 @@ def gptq_quantize(
     col_scale, col_zero = (
         _static_params(w, gs, symmetric, bits, search, importance) if static else (None, None)
     )
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
-    block = block_size if static else max(gs, -(-block_size // gs) * gs)
-    kp = -(-k // block) * block
-    if act_order:
-        h = h[np.ix_(perm, perm)]
-    hinv = np.eye(kp, dtype=np.float32)
-    hinv[:k, :k] = inverse_cholesky(h, damping)
-    del h
-    wp = np.zeros((n, kp), np.float32)
-    wp[:, :k] = w[:, perm]
-    cs, cz = np.ones((n, kp), np.float32), np.zeros((n, kp), np.float32)
-    channel = np.ones(kp, np.float32)
-    channel[:k] = importance[perm]
-    if static:
-        cs[:, :k], cz[:, :k] = col_scale[:, perm], col_zero[:, perm]
-    q, scale, zero = _sweep(
-        jnp.asarray(wp),
-        jnp.asarray(hinv),
-        jnp.asarray(cs),
-        jnp.asarray(cz),
-        jnp.asarray(channel),
-        block=block,
+    codes, scale, zero = _sweep_in_order(
+        w,
+        h,
+        col_scale,
+        col_zero,
+        importance,
+        act_order,
+        damping,
+        block_size,
         group=gs,
         symmetric=symmetric,
         bits=bits,
         static=static,
         search=search,
     )
-    codes = np.empty((n, k), np.int8)
-    codes[:, perm] = np.asarray(q)[:, :k].astype(np.int8)
     if static:
         groups = quantizers.num_groups(k, group_size)
         scale = col_scale[:, ::gs][:, :groups]
@@ -103,15 +88,103 @@ def gptq_quantize(
     return QuantizedMatrix(quantizers.pack_int4(codes), scale.astype(np.float32), zero)
 
 
+def gptq_on_grid(
+    w: np.ndarray,
+    hessian: np.ndarray,
+    kept: QuantizedMatrix,
+    mode: str,
+    group_size: int,
+    damping: float = default("gptq", "damping"),
+    act_order: bool = default("gptq", "act_order"),
+    block_size: int = default("gptq", "block_size"),
+) -> QuantizedMatrix:
+    """Codes for ``w`` ``[N, K]`` on ``kept``'s grid (its scales and zero points,
+    unchanged), each column's rounding error pushed onto the columns not yet
+    rounded as GPTQ does: the output error ``X (W - Q)`` a merge adds stays
+    small where plain rounding to the nearest level would add a full rounding
+    of its own. Returns ``kept``'s scales with the new codes."""
+    w = np.array(w, np.float32)
+    n, k = w.shape
+    bits = 8 if mode == "int8" else 4
+    gs = k if mode == "int8" or group_size == -1 else group_size
+    scale = kept.scale[:, None] if mode == "int8" else kept.scale
+    zero = np.zeros_like(scale) if kept.zero is None else kept.zero.astype(np.float32)
+    col_scale = np.repeat(scale, gs, axis=1)[:, :k]
+    col_zero = np.repeat(zero, gs, axis=1)[:, :k]
+    h = _live(np.asarray(hessian, np.float32))
+    codes, _, _ = _sweep_in_order(
+        w,
+        h,
+        col_scale,
+        col_zero,
+        None,
+        act_order,
+        damping,
+        block_size,
+        group=gs,
+        symmetric=kept.zero is None,
+        bits=bits,
+        static=True,
+        search=False,
+    )
+    if mode == "int8":
+        return QuantizedMatrix(codes, kept.scale, None)
+    return QuantizedMatrix(quantizers.pack_int4(codes), kept.scale, kept.zero)
+
+
+def _sweep_in_order(w, h, col_scale, col_zero, importance, act_order, damping, block_size, **how):
+    """The sweep over ``w`` ``[N, K]`` in act order (or natural order), padded
+    to whole blocks: codes ``[N, K]`` int8 in natural order, and the sweep's
+    group scales and zeros (non-static only)."""
+    n, k = w.shape
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    block = (
+        block_size
+        if how["static"]
+        else max(how["group"], -(-block_size // how["group"]) * how["group"])
+    )
+    kp = -(-k // block) * block
+    if act_order:
+        h = h[np.ix_(perm, perm)]
+    hinv = np.eye(kp, dtype=np.float32)
+    hinv[:k, :k] = inverse_cholesky(h, damping)
+    del h
+    wp = np.zeros((n, kp), np.float32)
+    wp[:, :k] = w[:, perm]
+    cs, cz = np.ones((n, kp), np.float32), np.zeros((n, kp), np.float32)
+    channel = np.ones(kp, np.float32)
+    if importance is not None:
+        channel[:k] = importance[perm]
+    if how["static"]:
+        cs[:, :k], cz[:, :k] = col_scale[:, perm], col_zero[:, perm]
+    q, scale, zero = _sweep(
+        jnp.asarray(wp),
+        jnp.asarray(hinv),
+        jnp.asarray(cs),
+        jnp.asarray(cz),
+        jnp.asarray(channel),
+        block=block,
+        **how,
+    )
+    codes = np.empty((n, k), np.int8)
+    codes[:, perm] = np.asarray(q)[:, :k].astype(np.int8)
+    return codes, scale, zero
+
+
 def _without_dead_columns(h: np.ndarray, w: np.ndarray):
     """Inputs that were always zero: their weights cannot matter; set them to
     zero and give the Hessian a unit diagonal there, as the reference does."""
+    w[:, np.diag(h) == 0] = 0.0
+    return _live(h), w
+
+
+def _live(h: np.ndarray) -> np.ndarray:
+    """``h`` with a unit diagonal where an input was always zero (a copy if so)."""
     dead = np.diag(h) == 0
     if dead.any():
         h = h.copy()  # the caller's Hessian stays as it was
         h[dead, dead] = 1.0
-        w[:, dead] = 0.0
-    return h, w
+    return h
 
 
 def inverse_cholesky(h: np.ndarray, damping: float) -> np.ndarray:

@@ -74,7 +74,7 @@ def _as_applied(plan: Plan, fallback: set, folded: dict) -> tuple[PlanEntry, ...
 
 def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer, before_block=None):
     """Block by block: statistics on the float block, quantize, pass outputs on."""
-    block_list = _block_list(backbone, plan)
+    block_list = blocks_mod.block_list(backbone, plan)
     inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
     routers = {e.block: e.attr for e in plan.entries if e.role == "moe.router"}
     last, notes, folded = max(by_block), [], {}
@@ -133,11 +133,6 @@ def _split(plan: Plan):
 
 def _calibratable(entry: PlanEntry) -> bool:
     return entry.layer in CALIBRATED_LAYERS or entry.is_bank
-
-
-def _block_list(backbone, plan: Plan) -> list:
-    attr = next(e.attr for e in plan.entries if e.block is not None).split(".")[0]
-    return list(getattr(backbone, attr))
 
 
 def _quantize_rtn(backbone, attr: str, entries: list[PlanEntry], on_layer) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import keras
 import numpy as np
 from keras import ops
 
 from hubquant import quantizers
-from hubquant.keras_internals import float_policy_name, unlocked
+from hubquant.keras_internals import unlocked
 from hubquant.layers import lora, products
 from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 from hubquant.layers.layout import KernelLayout
@@ -84,12 +82,14 @@ class _QuantProjection(QuantizedLayerMixin):
         delta = ops.cast(self.lora_delta(), self.compute_dtype)
         return self._project(inputs, delta)
 
-    def merge_adapter(self) -> None:
+    def merge_adapter(self, hessian=None) -> None:
         """Fold the adapter into the codes on the layer's own grid: its scales and
         zero points (GPTQ's, AWQ's input scale) are kept and each code moves to the
         level nearest ``W + A B * alpha / rank``, so codes whose weight moved by
         less than half a step stay as calibration left them; only a row or group
-        the adapter pushed out of its range gets a new scale."""
+        the adapter pushed out of its range gets a new scale. Given ``hessian``
+        (``X^T X`` of the layer's inputs, ``[K, K]``), the codes are chosen on
+        that grid by GPTQ's sweep instead (``gptq_on_grid``)."""
         spec = self.hubquant_specs["kernel"]
         parts = [np.asarray(p) for p in self._matrix_parts("kernel")]
         delta = self.layout.to_matrix(np.asarray(self.lora_delta()))
@@ -98,6 +98,12 @@ class _QuantProjection(QuantizedLayerMixin):
         w = np.asarray(self._dequantized_f32(spec, parts)) + delta
         kept = quantizers.QuantizedMatrix(parts[0], parts[1], parts[2] if spec.has_zero else None)
         merged = quantizers.requantize_on_grid(w, spec.mode, spec.group_size, kept)
+        if hessian is not None:
+            from hubquant.calibrate.gptq import gptq_on_grid
+
+            if spec.input_scale:  # the inputs of W / input_scale are x * input_scale
+                hessian = hessian * np.outer(parts[-1], parts[-1])
+            merged = gptq_on_grid(w, hessian, merged, spec.mode, spec.group_size)
         self.kernel_codes.assign(merged.codes)
         self.kernel_scale.assign(merged.scale)
         if merged.zero is not None:
@@ -110,30 +116,6 @@ class _QuantProjection(QuantizedLayerMixin):
             self._drop_variable("lora_kernel_b")
         self.lora_enabled = False
         self.lora_rank = None
-
-    def unquantize_with_adapter(self) -> None:
-        """Turn back into the float layer holding ``W + A B * alpha / rank`` (in the
-        float dtype it was quantized from), adapter and codes dropped (GPTQ and
-        imatrix layers, which hold no input scale). The merge calibrates the layer
-        again straight away."""
-        spec = self.hubquant_specs["kernel"]
-        kernel = self.layout.from_matrix(self._dequantized("kernel", "float32"))
-        policy = keras.dtype_policies.get(float_policy_name(self.dtype_policy))
-        kernel = ops.cast(ops.add(kernel, self.lora_delta()), policy.variable_dtype)
-        with unlocked(self):
-            for suffix in spec.variable_shapes():
-                self._drop_variable(f"kernel_{suffix}")
-            self._kernel = self.add_weight(
-                name="kernel",
-                shape=self.layout.shape,
-                dtype=policy.variable_dtype,
-                initializer=lambda *a, **k: kernel,
-                trainable=False,
-            )
-        self.hubquant_specs["kernel"] = replace(spec, input_scale=False, input_scale_rows=1)
-        self._is_quantized = False
-        self._drop_adapter()
-        self.dtype_policy = policy
 
 
 @keras.saving.register_keras_serializable(package="hubquant")
