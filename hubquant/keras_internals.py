@@ -72,6 +72,11 @@ def own_variables(layer) -> list:
     return list(layer._trainable_variables) + list(layer._non_trainable_variables)
 
 
+def variable_layout(variable):
+    """The layout a variable was created with under a distribution (None if none)."""
+    return getattr(variable, "_layout", None)
+
+
 def forget_variable(layer, variable) -> None:
     """Stop ``layer`` tracking ``variable`` (without Keras' per-call garbage collection)."""
     layer._untrack_variable(variable)

@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if "device_count" not in os.environ.get("XLA_FLAGS", ""):  # 4 CPU devices: test_sharding.py
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = flags.strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

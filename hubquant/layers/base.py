@@ -20,7 +20,7 @@ from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 from hubquant import quantizers
 from hubquant.errors import WeightsError
 from hubquant.keras_internals import float_policy_name, forget_variable, unlocked
-from hubquant.layers import products
+from hubquant.layers import products, sharding
 
 MODES = ("int8", "int4")
 _FLOAT_VIEWS = frozenset({"kernel", "embeddings"})
@@ -167,16 +167,17 @@ class QuantizedLayerMixin:
         )
         if input_scale is not None:
             values["input_scale"] = np.asarray(input_scale, np.float32)
-        for suffix, (shape, dtype) in spec.variable_shapes().items():
-            value = values.get(suffix)
-            var = self.add_weight(
-                name=f"{name}_{suffix}",
-                shape=shape,
-                dtype=dtype,
-                initializer="zeros" if value is None else _Given(value),
-                trainable=False,
-            )
-            setattr(self, f"{name}_{suffix}", var)
+        with sharding.laid_out(self, sharding.matrix_layouts(self, name, spec)):
+            for suffix, (shape, dtype) in spec.variable_shapes().items():
+                value = values.get(suffix)
+                var = self.add_weight(
+                    name=f"{name}_{suffix}",
+                    shape=shape,
+                    dtype=dtype,
+                    initializer="zeros" if value is None else _Given(value),
+                    trainable=False,
+                )
+                setattr(self, f"{name}_{suffix}", var)
 
     def _drop_variable(self, attr: str) -> None:
         """Forget a variable without Keras' per-call garbage collection."""

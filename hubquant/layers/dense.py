@@ -73,6 +73,12 @@ class _QuantProjection(QuantizedLayerMixin):
         self.lora_rank = rank
         self.lora_alpha = rank if lora_alpha is None else lora_alpha
 
+    def float_axes(self, name: str):
+        """The float variable behind matrix ``name``: its name, shape, and the
+        kernel axes flattened into ``N`` and into ``K`` (``sharding.py``)."""
+        layout = self.layout
+        return "kernel", layout.shape, layout.output_axes, layout.reduce_axes
+
     def lora_delta(self):
         """The adapter's kernel ``A B * alpha / rank`` in Keras' kernel layout (float32)."""
         delta = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)

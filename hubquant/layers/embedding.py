@@ -25,6 +25,13 @@ class _QuantTable(QuantizedLayerMixin):
             matrices["reverse"] = FloatMatrix("reverse_embeddings", _f32_transposed, 1)
         return matrices
 
+    def float_axes(self, name: str):
+        """The float table behind matrix ``name`` (``sharding.py``): the token
+        table's rows are ``N``; the untied head is stored transposed."""
+        if name == "embeddings":
+            return "embeddings", (self.input_dim, self.output_dim), (0,), (1,)
+        return "reverse_embeddings", (self.output_dim, self.input_dim), (1,), (0,)
+
     def _build_float_matrices(self, dtype: str) -> None:
         if "embeddings" not in self.hubquant_specs:
             self._embeddings = self.add_weight(

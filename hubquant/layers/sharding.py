@@ -1,0 +1,118 @@
+"""Quantized variables laid out like the float matrix they replace, under an
+active ``keras.distribution`` (a ``ModelParallel`` with a family's
+``get_layout_map``, or a user's own ``LayoutMap``).
+
+The float kernel's layout says which mesh axis shards which kernel axis. The
+canonical matrix ``[N, K]`` flattens the output axes into ``N`` and the
+reduction axes into ``K`` (``layout.py``); a flattened axis keeps the mesh
+axis of its first kernel axis larger than 1, which is exactly the same split
+of the data. Then:
+
+- codes ``[N, K]`` (int4: ``[N, K / 2]``, packed along ``K``) take ``(N's, K's)``;
+- scales and zero points (``[N]`` or ``[N, groups]``) take ``N``'s, and ``K``'s
+  along the groups;
+- an AWQ input scale (``[K]``) takes ``K``'s.
+
+Fallbacks, each replicating that one axis: a mesh axis on a later kernel axis
+(its rows would interleave in the flattened matrix), and a dimension the mesh
+axis does not divide evenly (an odd packed ``K / 2``, a few groups). Expert
+banks are replicated for now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from types import SimpleNamespace
+
+import keras
+
+from hubquant import keras_internals as internals
+
+
+def matrix_layouts(layer, name: str, spec) -> dict | None:
+    """``{variable name: TensorLayout}`` for matrix ``name``'s variables, or None when
+    no distribution is active or the layer does not say where its matrix comes
+    from (expert banks)."""
+    distribution = keras.distribution.distribution()
+    where = getattr(layer, "float_axes", lambda _: None)(name)
+    if distribution is None or where is None:
+        return None
+    var_name, shape, output_axes, reduce_axes = where
+    axes = _float_axes(layer, distribution, var_name, shape)
+    if axes is None:
+        return None
+    mesh = distribution.device_mesh
+    n_axis = _flat_axis(axes, shape, output_axes)
+    k_axis = _flat_axis(axes, shape, reduce_axes)
+    layouts = {}
+    for suffix, (var_shape, _) in spec.variable_shapes().items():
+        if suffix == "input_scale":
+            roles = (k_axis,) if len(var_shape) == 1 else (None, k_axis)
+        else:
+            roles = (n_axis, k_axis)[: len(var_shape)]
+        fitted = tuple(
+            a if _divides(mesh, a, d) else None for a, d in zip(roles, var_shape, strict=True)
+        )
+        layouts[f"{name}_{suffix}"] = keras.distribution.TensorLayout(fitted, mesh)
+    return layouts
+
+
+@contextlib.contextmanager
+def laid_out(layer, layouts: dict | None):
+    """While active, variables the layer creates under ``{name: layout}``'s
+    names take those layouts (the rest as the distribution says)."""
+    if layouts is None:
+        yield
+        return
+    distribution = keras.distribution.distribution()
+    by_path = {f"{layer.path}/{name}": layout for name, layout in layouts.items()}
+    keras.distribution.set_distribution(_Overlay(distribution, by_path))
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
+class _Overlay:
+    """The active distribution, with given layouts for some variable paths."""
+
+    def __init__(self, distribution, by_path: dict):
+        self._distribution, self._by_path = distribution, by_path
+
+    def get_variable_layout(self, variable):
+        layout = self._by_path.get(variable.path)
+        return layout if layout is not None else self._distribution.get_variable_layout(variable)
+
+    def __getattr__(self, name):
+        return getattr(self._distribution, name)
+
+
+def _float_axes(layer, distribution, var_name: str, shape: tuple) -> tuple | None:
+    """The float variable's layout axes: its own where it still exists (or was
+    replaced in place), else what the distribution gives a variable of that
+    path and shape."""
+    existing = [v for v in layer.weights if v.path == f"{layer.path}/{var_name}"]
+    layout = internals.variable_layout(existing[0]) if existing else None
+    if layout is None:
+        stand_in = SimpleNamespace(path=f"{layer.path}/{var_name}", shape=shape, _layout=None)
+        layout = distribution.get_variable_layout(stand_in)
+    axes = getattr(layout, "axes", None)
+    return None if axes is None or len(axes) != len(shape) else tuple(axes)
+
+
+def _flat_axis(axes: tuple, shape: tuple, kernel_axes: tuple):
+    """The mesh axis of the flattened ``kernel_axes``: that of the first one
+    larger than 1 (None if it is not sharded)."""
+    for i in kernel_axes:
+        if shape[i] > 1:
+            return axes[i]
+    return None
+
+
+def _divides(mesh, axis, size: int) -> bool:
+    if axis is None:
+        return True
+    names = axis if isinstance(axis, tuple) else (axis,)
+    count = math.prod(mesh.shape[mesh.axis_names.index(n)] for n in names)
+    return size % count == 0

@@ -1,0 +1,113 @@
+"""Quantizing and loading under ``keras.distribution``: on 4 host devices
+(conftest), every quantized matrix is sharded like the float kernel it
+replaces (each device holds a quarter of its codes), the logits equal the
+single-device ones, ``generate()`` works, and what is saved is byte for byte
+what a single device saves."""
+
+from __future__ import annotations
+
+import hashlib
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from conftest import logits
+
+import hubquant
+from hubquant import synthetic
+
+MESHES = [(1, 4), (2, 2)]
+BUILDERS = {  # heads, vocabulary and widths the family's layout map can split 4 ways
+    "gemma": lambda: synthetic.gemma_causal_lm(
+        seed=0, num_key_value_heads=4, hidden_dim=64, head_dim=16, intermediate_dim=256
+    ),
+    "llama3": lambda: synthetic.llama3_causal_lm(
+        seed=0, vocabulary_size=272, num_key_value_heads=4, hidden_dim=64, intermediate_dim=128
+    ),
+}
+BACKBONES = {"gemma": keras_hub.models.GemmaBackbone, "llama3": keras_hub.models.Llama3Backbone}
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shardable")
+    for name, build in BUILDERS.items():
+        build().save_to_preset(str(root / name))
+    return root
+
+
+def _distribution(family: str, mesh_shape: tuple):
+    mesh = keras.distribution.DeviceMesh(
+        mesh_shape, ("batch", "model"), keras.distribution.list_devices()
+    )
+    layout_map = BACKBONES[family].get_layout_map(mesh)
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+
+
+def _inputs():
+    ids = np.random.default_rng(5).integers(4, 100, (4, 12)).astype("int32")
+    return {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+
+
+def _quantized_matrices(model) -> list:
+    return [w for w in model.weights if w.path.rsplit("/", 1)[-1].endswith("_codes")]
+
+
+def _float_path(codes_path: str) -> str:
+    layer, name = codes_path.rsplit("/", 1)
+    name = name.removesuffix("_codes")
+    return f"{layer}/{'reverse_embeddings' if name == 'reverse' else name}"
+
+
+def _held_per_device(variable) -> float:
+    """The fraction of ``variable`` one device holds."""
+    shard = variable.value.sharding.shard_shape(variable.shape)
+    return float(np.prod(shard) / np.prod(variable.shape))
+
+
+def _digests(folder) -> dict:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES)
+@pytest.mark.parametrize("family", ["gemma", "llama3"])
+def test_quantize_under_a_distribution_shards_every_matrix(presets, family, mesh_shape, tmp_path):
+    keras.backend.clear_session()  # Keras saves layer names, numbered per process
+    single = keras_hub.models.CausalLM.from_preset(str(presets / family))
+    hubquant.quantize(single, "int4")
+    want = logits(single, _inputs())
+    hubquant.save(single, tmp_path / "single", formats=("preset", "safetensors"))
+    keras.backend.clear_session()
+    with _distribution(family, mesh_shape).scope():
+        lm = keras_hub.models.CausalLM.from_preset(str(presets / family))
+        floats = {w.path: _held_per_device(w) for w in lm.weights}
+        hubquant.quantize(lm, "int4")
+        held = {w.path: _held_per_device(w) for w in _quantized_matrices(lm)}
+        got = logits(lm, _inputs())
+    # A quarter of every matrix the layout map splits; Llama's untied LM head,
+    # which its map leaves out, stays replicated as the float one was.
+    assert held == {p: floats[_float_path(p)] for p in held}
+    assert sum(h == 0.25 for h in held.values()) >= len(held) - 1
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    hubquant.save(lm, tmp_path / "sharded", formats=("preset", "safetensors"))
+    assert _digests(tmp_path / "sharded") == _digests(tmp_path / "single")
+
+
+def test_load_and_generate_under_a_distribution(presets, tmp_path):
+    single = keras_hub.models.CausalLM.from_preset(str(presets / "gemma"))
+    hubquant.quantize(single, "int8")
+    hubquant.save(single, tmp_path / "q")
+    want = logits(single, _inputs())
+    with _distribution("gemma", (2, 2)).scope():
+        lm = hubquant.load(tmp_path / "q")
+        held = [_held_per_device(w) for w in _quantized_matrices(lm)]
+        got = logits(lm, _inputs())
+        texts = lm.generate(["the", "a"], max_length=6)  # a batch the mesh can split
+    assert held and all(h == 0.25 for h in held)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert len(texts) == 2 and texts[0].startswith("the") and texts[1].startswith("a")
