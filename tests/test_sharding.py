@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+import jax
 import keras
 import keras_hub
 import numpy as np
@@ -16,6 +17,7 @@ from conftest import logits
 
 import hubquant
 from hubquant import synthetic
+from hubquant.config import parse_config
 
 MESHES = [(1, 4), (2, 2)]
 BUILDERS = {  # heads, vocabulary and widths the family's layout map can split 4 ways
@@ -111,3 +113,78 @@ def test_load_and_generate_under_a_distribution(presets, tmp_path):
     assert held and all(h == 0.25 for h in held)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert len(texts) == 2 and texts[0].startswith("the") and texts[1].startswith("a")
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_calibration_under_a_distribution_equals_one_device(presets, algorithm):
+    """Calibration windows split along the mesh's batch axis; X^T X and AWQ's
+    statistics are sums over all of them, so the result is one device's:
+    GPTQ bitwise, AWQ (a scale search on sums in another order) within 1e-5."""
+    config = parse_config(
+        f"default: {{mode: int4, group_size: 32, algorithm: {algorithm}}}\n"
+        "rules:\n  - {match: {role: 'embed*'}, mode: int8, algorithm: rtn}\n",
+        "c.yaml",
+    )
+    tokens = np.random.default_rng(3).integers(4, 100, (8, 32)).astype("int32")
+    single = keras_hub.models.CausalLM.from_preset(str(presets / "gemma"))
+    hubquant.apply_plan(single, hubquant.plan_for(single, config), calibration=tokens)
+    with _distribution("gemma", (2, 2)).scope():
+        lm = keras_hub.models.CausalLM.from_preset(str(presets / "gemma"))
+        hubquant.apply_plan(lm, hubquant.plan_for(lm, config), calibration=tokens)
+        held = [_held_per_device(w) for w in _quantized_matrices(lm)]
+        got = logits(lm, _inputs())
+    assert held and all(h == 0.25 for h in held)
+    np.testing.assert_allclose(got, logits(single, _inputs()), atol=1e-5)
+    if algorithm == "gptq":
+        assert all(np.array_equal(a, b) for a, b in zip(single.weights, lm.weights, strict=True))
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_the_forward_pass_gathers_no_matrix(presets, mode):
+    """Compiled under the distribution, a forward pass (prefill and one-token
+    decode) holds no all-gather: each device multiplies the rows it holds."""
+    with _distribution("gemma", (1, 4)).scope():
+        lm = keras_hub.models.CausalLM.from_preset(str(presets / "gemma"))
+        hubquant.quantize(lm, mode)
+        backbone = lm.backbone
+        weights = (
+            [v.value for v in backbone.trainable_variables],
+            [v.value for v in backbone.non_trainable_variables],
+        )
+        forward = jax.jit(lambda t, n, x: backbone.stateless_call(t, n, x)[0])
+        for length in (12, 1):
+            ids = np.ones((4, length), "int32")
+            x = {"token_ids": ids, "padding_mask": ids}
+            compiled = forward.lower(*weights, x).compile().as_text()
+            assert "all-gather" not in compiled, (mode, length)
+
+
+def test_expert_banks_split_by_whole_experts(tmp_path):
+    """Qwen3-MoE with its family's map plus one line for the expert banks
+    (``[experts, in, out]`` split along the experts): each quantized bank is
+    split as its float bank was, and the outputs are one device's."""
+    from families import qwen3_moe_backbone, sample_inputs
+
+    single = qwen3_moe_backbone()
+    hubquant.quantize(single, "int4")
+    x = sample_inputs(single, batch=4)
+    want = np.asarray(single(x))
+    mesh = keras.distribution.DeviceMesh(
+        (2, 2), ("batch", "model"), keras.distribution.list_devices()
+    )
+    layout_map = keras_hub.models.Qwen3MoeBackbone.get_layout_map(mesh)
+    layout_map["transformer_layer.*experts/expert_.*"] = ("model", None, None)
+    distribution = keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+    with distribution.scope():
+        backbone = qwen3_moe_backbone()
+        floats = {w.path: _held_per_device(w) for w in backbone.weights}
+        hubquant.quantize(backbone, "int4")
+        banks = {
+            w.path: _held_per_device(w)
+            for w in _quantized_matrices(backbone)
+            if "/experts/" in w.path
+        }
+        got = np.asarray(backbone(x))
+    assert banks and all(h == 0.5 for h in banks.values()), banks
+    assert all(floats[_float_path(p).replace("/_expert", "/expert")] == 0.5 for p in banks)
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -49,6 +49,14 @@ class QuantExpertsMixin(QuantizedLayerMixin):
     def _float_matrices(self):
         return {name: FloatMatrix(name, _canonical) for name in self.hubquant_specs}
 
+    def float_axes(self, name: str):
+        """The float bank behind ``name`` (``sharding.py``): ``[experts, in, out]``,
+        experts then out flattened into ``N`` (a mesh axis on the experts
+        splits whole experts); KerasHub names the variable after the attribute."""
+        held = self.__dict__.get(name)
+        var_name = held.name if held is not None else name.lstrip("_")
+        return var_name, tuple(self.hubquant_bank_shapes[name]), (0, 2), (1,)
+
     def float_weights(self) -> list:
         return [self._bank(name) for name in self.hubquant_specs]
 

@@ -15,8 +15,9 @@ of the data. Then:
 
 Fallbacks, each replicating that one axis: a mesh axis on a later kernel axis
 (its rows would interleave in the flattened matrix), and a dimension the mesh
-axis does not divide evenly (an odd packed ``K / 2``, a few groups). Expert
-banks are replicated for now.
+axis does not divide evenly (an odd packed ``K / 2``, a few groups). An
+expert bank ``[experts, in, out]`` flattens experts and out into ``N``, so a
+layout that splits the experts splits its codes by whole experts.
 """
 
 from __future__ import annotations
@@ -31,14 +32,12 @@ from hubquant import keras_internals as internals
 
 
 def matrix_layouts(layer, name: str, spec) -> dict | None:
-    """``{variable name: TensorLayout}`` for matrix ``name``'s variables, or None when
-    no distribution is active or the layer does not say where its matrix comes
-    from (expert banks)."""
+    """``{variable name: TensorLayout}`` for matrix ``name``'s variables, or None
+    when no distribution is active."""
     distribution = keras.distribution.distribution()
-    where = getattr(layer, "float_axes", lambda _: None)(name)
-    if distribution is None or where is None:
+    if distribution is None:
         return None
-    var_name, shape, output_axes, reduce_axes = where
+    var_name, shape, output_axes, reduce_axes = layer.float_axes(name)
     axes = _float_axes(layer, distribution, var_name, shape)
     if axes is None:
         return None
