@@ -95,16 +95,20 @@ def save(
     from hubquant.io.hf_export import check_no_adapters
     from hubquant.io.output import staged_output
     from hubquant.io.safetensors_format import nbytes
+    from hubquant.layers import sharding
 
     plan = backbone_of(model).hubquant_plan
     writers = preset.writers(formats)
     if "hf" in formats:
         check_no_adapters(backbone_of(model))  # before anything is written
     weights = sum(nbytes(v) for v in model.weights)
-    with staged_output(output, overwrite, needs=weights * len(writers)) as stage:
-        for write in writers:
-            write(model, stage)
-        preset.write_metadata(stage, plan, formats)
+    with sharding.on_host(model):  # sharded across processes: gathered by every one
+        if not sharding.is_writer():
+            return Path(output)  # the first process writes
+        with staged_output(output, overwrite, needs=weights * len(writers)) as stage:
+            for write in writers:
+                write(model, stage)
+            preset.write_metadata(stage, plan, formats)
     return Path(output)
 
 

@@ -77,6 +77,17 @@ def variable_layout(variable):
     return getattr(variable, "_layout", None)
 
 
+@contextlib.contextmanager
+def value_swapped(variable, value):
+    """``variable`` reads as ``value`` (NumPy, for writers) while active."""
+    held = variable._value
+    variable._value = value
+    try:
+        yield
+    finally:
+        variable._value = held
+
+
 def forget_variable(layer, variable) -> None:
     """Stop ``layer`` tracking ``variable`` (without Keras' per-call garbage collection)."""
     layer._untrack_variable(variable)

@@ -7,6 +7,10 @@ what a single device saves."""
 from __future__ import annotations
 
 import hashlib
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import keras
@@ -188,3 +192,26 @@ def test_expert_banks_split_by_whole_experts(tmp_path):
     assert banks and all(h == 0.5 for h in banks.values()), banks
     assert all(floats[_float_path(p).replace("/_expert", "/expert")] == 0.5 for p in banks)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_two_processes_write_what_one_process_writes(presets, tmp_path):
+    """Two CPU processes (jax.distributed on localhost, 2 devices each) quantize
+    one model sharded across both; the artefact is written once and is byte for
+    byte what a single process writes."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    script = Path(__file__).with_name("multiprocess_quantize.py")
+    args = [str(presets / "gemma"), str(tmp_path / "sharded")]
+    runs = [
+        subprocess.Popen([sys.executable, str(script), str(i), port, *args], stderr=subprocess.PIPE)
+        for i in (0, 1)
+    ]
+    errors = [run.communicate(timeout=600)[1].decode()[-2000:] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    single = keras_hub.models.CausalLM.from_preset(str(presets / "gemma"))
+    hubquant.quantize(single, "int4")
+    hubquant.save(single, tmp_path / "single", formats=("preset", "safetensors"))
+    assert _digests(tmp_path / "sharded") == _digests(tmp_path / "single")

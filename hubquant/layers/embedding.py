@@ -14,7 +14,7 @@ from keras import ops
 from keras.layers import ReversibleEmbedding
 
 from hubquant.errors import HubquantError
-from hubquant.layers import products
+from hubquant.layers import products, sharding
 from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
 
 
@@ -128,7 +128,7 @@ class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
 
 
 def _f32(value) -> np.ndarray:
-    return ops.convert_to_numpy(value).astype(np.float32)
+    return sharding.to_host(value).astype(np.float32)
 
 
 def _f32_transposed(value) -> np.ndarray:

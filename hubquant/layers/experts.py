@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from hubquant.layers.base import FloatMatrix, QuantizedLayerMixin
+from hubquant.layers.sharding import to_host
 
 
 @functools.cache
@@ -63,7 +64,7 @@ class QuantExpertsMixin(QuantizedLayerMixin):
 
 def _canonical(value) -> np.ndarray:
     """``[experts, in, out]`` float weights as ``[experts * out, in]`` float32."""
-    w = ops.convert_to_numpy(value)
+    w = to_host(value)
     experts, k, n = w.shape
     return np.ascontiguousarray(np.transpose(w, (0, 2, 1)), dtype=np.float32).reshape(
         experts * n, k

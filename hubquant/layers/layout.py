@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from keras import ops
 
+from hubquant.layers.sharding import to_host
+
 
 @dataclass(frozen=True)
 class KernelLayout:
@@ -56,7 +58,7 @@ class KernelLayout:
     def to_matrix(self, kernel) -> np.ndarray:
         """Float32 ``[N, K]`` from a kernel in Keras layout."""
         perm = self.output_axes + self.reduce_axes
-        kernel = np.transpose(ops.convert_to_numpy(kernel), perm)
+        kernel = np.transpose(to_host(kernel), perm)
         return np.ascontiguousarray(kernel, dtype=np.float32).reshape(self.n, self.k)
 
     def from_matrix(self, matrix):

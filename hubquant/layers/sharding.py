@@ -27,6 +27,8 @@ import math
 from types import SimpleNamespace
 
 import keras
+import numpy as np
+from keras import ops
 
 from hubquant import keras_internals as internals
 
@@ -115,3 +117,40 @@ def _divides(mesh, axis, size: int) -> bool:
     names = axis if isinstance(axis, tuple) else (axis,)
     count = math.prod(mesh.shape[mesh.axis_names.index(n)] for n in names)
     return size % count == 0
+
+
+def to_host(value) -> np.ndarray:
+    """A variable's or tensor's value as NumPy on this host; one spanning other
+    processes' devices is gathered (a collective: every process calls it in
+    the same order)."""
+    value = getattr(value, "value", value)  # a Keras variable's array
+    if keras.backend.backend() == "jax" and not _addressable(value):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return ops.convert_to_numpy(value)
+
+
+def _addressable(value) -> bool:
+    return getattr(value, "is_fully_addressable", True)
+
+
+@contextlib.contextmanager
+def on_host(model):
+    """While active, every variable of ``model`` that spans other processes'
+    devices holds its whole value as NumPy on this host, so writers read it as
+    on one device (the files each process would write are the same)."""
+    swapped = [v for v in model.weights if not _addressable(v.value)]
+    with contextlib.ExitStack() as stack:
+        for variable in swapped:
+            stack.enter_context(internals.value_swapped(variable, to_host(variable)))
+        yield
+
+
+def is_writer() -> bool:
+    """False in every process but the first of a multi-process run: one writes."""
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return jax.process_index() == 0
