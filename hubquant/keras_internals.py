@@ -49,6 +49,16 @@ def set_value(variable, value) -> None:
         variable.assign(value)
 
 
+def place(variable, value) -> None:
+    """Give a variable with a layout (under a distribution) the host array
+    ``value``, which goes to each device as its shard: Keras' ``assign`` and
+    initialisers would first copy the whole of it onto one device."""
+    if is_unset(variable):
+        variable._initialize(value)
+    else:
+        variable._direct_assign(value)
+
+
 def initialize_deferred(model, skip=frozenset()) -> None:
     """Give every still-deferred variable (not in ``skip``, a set of ids) its
     initialiser's value."""

@@ -19,7 +19,7 @@ from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
 
 from hubquant import quantizers
 from hubquant.errors import WeightsError
-from hubquant.keras_internals import float_policy_name, forget_variable, unlocked
+from hubquant.keras_internals import float_policy_name, forget_variable, place, unlocked
 from hubquant.layers import products, sharding
 
 MODES = ("int8", "int4")
@@ -167,16 +167,20 @@ class QuantizedLayerMixin:
         )
         if input_scale is not None:
             values["input_scale"] = np.asarray(input_scale, np.float32)
-        with sharding.laid_out(self, sharding.matrix_layouts(self, name, spec)):
+        layouts = sharding.matrix_layouts(self, name, spec)
+        with sharding.laid_out(self, layouts):
             for suffix, (shape, dtype) in spec.variable_shapes().items():
                 value = values.get(suffix)
+                placed = layouts is not None and value is not None
                 var = self.add_weight(
                     name=f"{name}_{suffix}",
                     shape=shape,
                     dtype=dtype,
-                    initializer="zeros" if value is None else _Given(value),
+                    initializer="zeros" if value is None or placed else _Given(value),
                     trainable=False,
                 )
+                if placed:  # each device receives its shard, not the whole value
+                    place(var, value)
                 setattr(self, f"{name}_{suffix}", var)
 
     def _drop_variable(self, attr: str) -> None:
