@@ -21,9 +21,13 @@ from conftest import logits
 
 import hubquant
 from hubquant import synthetic
-from hubquant.config import parse_config
+from hubquant.config import load_config, parse_config
 
 MESHES = [(1, 4), (2, 2)]
+GPTQ_CONFIG = (
+    "default: {mode: int4, group_size: 32, algorithm: gptq}\n"
+    "rules:\n  - {match: {role: 'embed*'}, mode: int8, algorithm: rtn}\n"
+)
 BUILDERS = {  # heads, vocabulary and widths the family's layout map can split 4 ways
     "gemma": lambda: synthetic.gemma_causal_lm(
         seed=0, num_key_value_heads=4, hidden_dim=64, head_dim=16, intermediate_dim=256
@@ -195,14 +199,17 @@ def test_expert_banks_split_by_whole_experts(tmp_path):
 
 
 def test_two_processes_write_what_one_process_writes(presets, tmp_path):
-    """Two CPU processes (jax.distributed on localhost, 2 devices each) quantize
-    one model sharded across both; the artefact is written once and is byte for
-    byte what a single process writes."""
+    """Two CPU processes (jax.distributed on localhost, 2 devices each) calibrate
+    and quantize one model sharded across both (GPTQ); the artefact is written
+    once and is byte for byte what a single process writes."""
+    config, tokens = tmp_path / "gptq.yaml", tmp_path / "tokens.npy"
+    config.write_text(GPTQ_CONFIG)
+    np.save(tokens, np.random.default_rng(3).integers(4, 100, (8, 32)).astype("int32"))
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = str(s.getsockname()[1])
     script = Path(__file__).with_name("multiprocess_quantize.py")
-    args = [str(presets / "gemma"), str(tmp_path / "sharded")]
+    args = [str(presets / "gemma"), str(config), str(tokens), str(tmp_path / "sharded")]
     runs = [
         subprocess.Popen([sys.executable, str(script), str(i), port, *args], stderr=subprocess.PIPE)
         for i in (0, 1)
@@ -212,6 +219,7 @@ def test_two_processes_write_what_one_process_writes(presets, tmp_path):
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     single = keras_hub.models.CausalLM.from_preset(str(presets / "gemma"))
-    hubquant.quantize(single, "int4")
+    plan = hubquant.plan_for(single, load_config(config))
+    hubquant.apply_plan(single, plan, calibration=np.load(tokens))
     hubquant.save(single, tmp_path / "single", formats=("preset", "safetensors"))
     assert _digests(tmp_path / "sharded") == _digests(tmp_path / "single")

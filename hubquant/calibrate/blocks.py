@@ -18,7 +18,7 @@ from jax import lax
 from keras import ops
 
 from hubquant.errors import HubquantError
-from hubquant.layers import products
+from hubquant.layers import products, sharding
 
 TOKENS_PER_BATCH = 8192
 
@@ -93,11 +93,13 @@ def _recorder(index: int, seen: list):
 
 
 def _backbone_inputs(backbone, tokens: np.ndarray) -> dict:
+    """The backbone's inputs for ``tokens``, split along a distribution's data
+    axis (each device computes the activations of its windows)."""
     inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
     names = backbone.input if isinstance(backbone.input, dict) else {}
     if "segment_ids" in names:
         inputs["segment_ids"] = np.zeros_like(tokens)
-    return inputs
+    return {name: sharding.data_split(value) for name, value in inputs.items()}
 
 
 def _first(outputs):
@@ -175,7 +177,7 @@ class HessianStats:
         self.rows += x.shape[0]
 
     def hessian(self) -> np.ndarray:
-        return np.asarray(self.sum) * (2.0 / max(self.rows, 1))
+        return sharding.to_host(self.sum) * (2.0 / max(self.rows, 1))
 
 
 _last_gram: list = [None, None]  # the rows array last seen and its Gram matrix
@@ -205,7 +207,7 @@ class ActivationStats(HessianStats):
         self.abs_sum = self.abs_sum + jnp.sum(jnp.abs(x), axis=0)
 
     def magnitude(self) -> np.ndarray:
-        return np.asarray(self.abs_sum) / max(self.rows, 1)
+        return sharding.to_host(self.abs_sum) / max(self.rows, 1)
 
     def gram(self) -> np.ndarray:
-        return np.asarray(self.sum) / max(self.rows, 1)
+        return sharding.to_host(self.sum) / max(self.rows, 1)

@@ -31,6 +31,7 @@ from scipy.linalg import lapack
 
 from hubquant import quantizers
 from hubquant.calibrate.calibration import default
+from hubquant.layers.sharding import rows_split, to_host
 from hubquant.quantizers import QuantizedMatrix
 
 
@@ -157,18 +158,18 @@ def _sweep_in_order(w, h, col_scale, col_zero, importance, act_order, damping, b
         channel[:k] = importance[perm]
     if how["static"]:
         cs[:, :k], cz[:, :k] = col_scale[:, perm], col_zero[:, perm]
-    q, scale, zero = _sweep(
-        jnp.asarray(wp),
-        jnp.asarray(hinv),
-        jnp.asarray(cs),
-        jnp.asarray(cz),
-        jnp.asarray(channel),
+    q, scale, zero = _sweep(  # rows are independent: each device sweeps its own
+        rows_split(wp),
+        hinv,  # NumPy: replicated to every device
+        rows_split(cs),
+        rows_split(cz),
+        channel,
         block=block,
         **how,
     )
     codes = np.empty((n, k), np.int8)
-    codes[:, perm] = np.asarray(q)[:, :k].astype(np.int8)
-    return codes, scale, zero
+    codes[:, perm] = to_host(q)[:, :k].astype(np.int8)
+    return codes, to_host(scale), to_host(zero)
 
 
 def _without_dead_columns(h: np.ndarray, w: np.ndarray):

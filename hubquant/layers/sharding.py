@@ -154,3 +154,39 @@ def is_writer() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+def rows_split(array):
+    """``array`` (NumPy, rows first) split by rows over every device of the
+    active distribution's mesh (row-independent work such as GPTQ's sweep then
+    runs on each device's rows); as it is without a distribution or when the
+    rows do not divide evenly."""
+    return _split_first_axis(array, lambda mesh: tuple(mesh.axis_names))
+
+
+def data_split(array):
+    """A batch of calibration inputs split along the distribution's data axis
+    (``batch_dim_name``), as ``fit`` would split it; as it is otherwise."""
+
+    def batch_axis(mesh):
+        name = getattr(keras.distribution.distribution(), "batch_dim_name", None)
+        return name if name in mesh.axis_names else None
+
+    return _split_first_axis(array, batch_axis)
+
+
+def _split_first_axis(array, axis_of):
+    distribution = keras.distribution.distribution()
+    if distribution is None or keras.backend.backend() != "jax":
+        return array
+    mesh = distribution.device_mesh
+    axis = axis_of(mesh)
+    if axis is None or not _divides(mesh, axis, array.shape[0]):
+        return array
+    import jax
+
+    spec = jax.sharding.PartitionSpec(axis, *([None] * (array.ndim - 1)))
+    sharding = jax.sharding.NamedSharding(mesh.backend_mesh, spec)
+    if sharding.is_fully_addressable:
+        return jax.device_put(array, sharding)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
