@@ -167,16 +167,18 @@ def test_the_forward_pass_gathers_no_matrix(presets, mode):
             assert "all-gather" not in compiled, (mode, length)
 
 
-def test_expert_banks_split_by_whole_experts(tmp_path):
+def test_expert_banks_split_by_whole_experts():
     """Qwen3-MoE with its family's map plus one line for the expert banks
-    (``[experts, in, out]`` split along the experts): each quantized bank is
-    split as its float bank was, and the outputs are one device's."""
+    (``[experts, in, out]`` split along the experts), calibrated by GPTQ expert
+    by expert: each quantized bank is split as its float bank was, and the
+    codes are bitwise one device's."""
     from families import qwen3_moe_backbone, sample_inputs
 
+    config = parse_config(GPTQ_CONFIG, "gptq.yaml")
+    tokens = np.random.default_rng(3).integers(4, 100, (8, 32)).astype("int32")
     single = qwen3_moe_backbone()
-    hubquant.quantize(single, "int4")
+    hubquant.apply_plan(single, hubquant.plan_for(single, config), calibration=tokens)
     x = sample_inputs(single, batch=4)
-    want = np.asarray(single(x))
     mesh = keras.distribution.DeviceMesh(
         (2, 2), ("batch", "model"), keras.distribution.list_devices()
     )
@@ -186,7 +188,7 @@ def test_expert_banks_split_by_whole_experts(tmp_path):
     with distribution.scope():
         backbone = qwen3_moe_backbone()
         floats = {w.path: _held_per_device(w) for w in backbone.weights}
-        hubquant.quantize(backbone, "int4")
+        hubquant.apply_plan(backbone, hubquant.plan_for(backbone, config), calibration=tokens)
         banks = {
             w.path: _held_per_device(w)
             for w in _quantized_matrices(backbone)
@@ -195,7 +197,8 @@ def test_expert_banks_split_by_whole_experts(tmp_path):
         got = np.asarray(backbone(x))
     assert banks and all(h == 0.5 for h in banks.values()), banks
     assert all(floats[_float_path(p).replace("/_expert", "/expert")] == 0.5 for p in banks)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got, np.asarray(single(x)), atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(single.weights, backbone.weights, strict=True))
 
 
 def test_two_processes_write_what_one_process_writes(presets, tmp_path):

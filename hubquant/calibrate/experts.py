@@ -25,11 +25,11 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
-from keras import ops
 
 from hubquant import quantizers
 from hubquant.calibrate import algorithms
 from hubquant.errors import HubquantError
+from hubquant.layers.sharding import to_host
 from hubquant.quantizers import QuantizedMatrix
 
 MIN_EXPERT_TOKENS = 16
@@ -163,7 +163,7 @@ def _router_observer(layer, bank: Bank, logits: list):
 
     def call(inputs, *args, **kwargs):
         out = original(inputs, *args, **kwargs)
-        values = np.asarray(ops.convert_to_numpy(out), np.float32)
+        values = to_host(out).astype(np.float32)
         logits[0] = values.reshape(-1, values.shape[-1])
         return out
 
@@ -174,7 +174,7 @@ def _bank_observer(layer, bank: Bank, logits: list):
     original = _current_call(layer)
 
     def call(inputs, *args, **kwargs):
-        x = np.asarray(ops.convert_to_numpy(inputs), np.float32)
+        x = to_host(inputs).astype(np.float32)
         x = x.reshape(-1, x.shape[-1])
         if logits[0] is None or len(logits[0]) != len(x):
             raise HubquantError(
@@ -208,7 +208,7 @@ def down_inputs(layer, call, inputs, name: str) -> np.ndarray:
     float bank with ``name`` set to zeros, then to slices of the identity."""
     var = getattr(layer, name)
     experts, inner, width = (int(d) for d in var.shape)
-    saved = ops.convert_to_numpy(var)
+    saved = to_host(var)
     parts = []
     try:
         var.assign(np.zeros(var.shape, "float32"))
@@ -225,7 +225,7 @@ def down_inputs(layer, call, inputs, name: str) -> np.ndarray:
 
 
 def _outputs(out) -> np.ndarray:
-    return np.asarray(ops.convert_to_numpy(out), np.float32)
+    return to_host(out).astype(np.float32)
 
 
 def quantize_bank(bank: Bank) -> list[str]:

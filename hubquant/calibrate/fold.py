@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from keras import ops
+
+from hubquant.layers.sharding import to_host
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class NormForm:
     bias: object | None  # the additive weight variable, if any
 
     def divide_by(self, s: np.ndarray) -> str:
-        w = np.asarray(ops.convert_to_numpy(self.scale), np.float32)
+        w = to_host(self.scale).astype(np.float32)
         self.scale.assign((w + self.alpha) / s - self.alpha)
         if self.bias is not None:
-            b = np.asarray(ops.convert_to_numpy(self.bias), np.float32)
+            b = to_host(self.bias).astype(np.float32)
             self.bias.assign(b / s)
         return ""
 
@@ -63,11 +64,11 @@ def norm_form(norm, path: str) -> NormForm | str:
 
 
 def _run(norm, x) -> np.ndarray:
-    return np.asarray(ops.convert_to_numpy(norm(x)), np.float32)
+    return to_host(norm(x)).astype(np.float32)
 
 
 def _with(var, value, fn):
-    saved = ops.convert_to_numpy(var)
+    saved = to_host(var)
     try:
         var.assign(np.broadcast_to(np.asarray(value, np.float32), var.shape))
         return fn()
@@ -84,7 +85,7 @@ def _slope(norm, var, x) -> np.ndarray:
 
 def _alpha(norm, scale, bias, x, slope) -> float | None:
     """``alpha`` in ``y = n * (alpha + w) + b``: 0 or 1, else None."""
-    offset = 0.0 if bias is None else np.asarray(ops.convert_to_numpy(bias), np.float32)
+    offset = 0.0 if bias is None else to_host(bias).astype(np.float32)
     at0 = _with(scale, 0.0, lambda: _run(norm, x)) - offset
     big = np.abs(slope) > 0.1
     if not big.any():
@@ -123,5 +124,5 @@ def divide_rows(layer, s: np.ndarray) -> str:
     w = layout.to_matrix(layer._kernel) / s[:, None]
     layer._kernel.assign(layout.from_matrix(w))
     if bias is not None:
-        bias.assign(np.asarray(ops.convert_to_numpy(bias), np.float32) / s)
+        bias.assign(to_host(bias).astype(np.float32) / s)
     return ""
