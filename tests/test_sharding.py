@@ -126,8 +126,9 @@ def test_load_and_generate_under_a_distribution(presets, tmp_path):
 @pytest.mark.parametrize("algorithm", ["gptq", "awq"])
 def test_calibration_under_a_distribution_equals_one_device(presets, algorithm):
     """Calibration windows split along the mesh's batch axis; X^T X and AWQ's
-    statistics are sums over all of them, so the result is one device's:
-    GPTQ bitwise, AWQ (a scale search on sums in another order) within 1e-5."""
+    statistics are sums over all of them, so the result is one device's within
+    float tolerance: logits within 1e-5; GPTQ's codes here bitwise (a code at a
+    rounding tie may flip when sums add in another order, see the MoE test)."""
     config = parse_config(
         f"default: {{mode: int4, group_size: 32, algorithm: {algorithm}}}\n"
         "rules:\n  - {match: {role: 'embed*'}, mode: int8, algorithm: rtn}\n",
@@ -167,26 +168,32 @@ def test_the_forward_pass_gathers_no_matrix(presets, mode):
             assert "all-gather" not in compiled, (mode, length)
 
 
-def test_expert_banks_split_by_whole_experts():
+@pytest.mark.parametrize("mesh_shape", MESHES)
+def test_expert_banks_split_by_whole_experts(mesh_shape):
     """Qwen3-MoE with its family's map plus one line for the expert banks
     (``[experts, in, out]`` split along the experts), calibrated by GPTQ expert
-    by expert: each quantized bank is split as its float bank was, and the
-    codes are bitwise one device's."""
+    by expert: each quantized bank is split as its float bank was. Model
+    parallel sums add in another order, so a code at a rounding tie can flip
+    (on (1, 4): 0.1-0.5 % of the codes from the second block on; on (2, 2):
+    none); the outputs stay within a tenth of quantization's own change."""
     from families import qwen3_moe_backbone, sample_inputs
 
     config = parse_config(GPTQ_CONFIG, "gptq.yaml")
     tokens = np.random.default_rng(3).integers(4, 100, (8, 32)).astype("int32")
-    single = qwen3_moe_backbone()
-    hubquant.apply_plan(single, hubquant.plan_for(single, config), calibration=tokens)
+    dims = {"num_key_value_heads": 4}  # a head count the map can split 4 ways
+    single = qwen3_moe_backbone(**dims)
     x = sample_inputs(single, batch=4)
+    float_out = np.asarray(single(x))
+    hubquant.apply_plan(single, hubquant.plan_for(single, config), calibration=tokens)
+    want = np.asarray(single(x))
     mesh = keras.distribution.DeviceMesh(
-        (2, 2), ("batch", "model"), keras.distribution.list_devices()
+        mesh_shape, ("batch", "model"), keras.distribution.list_devices()
     )
     layout_map = keras_hub.models.Qwen3MoeBackbone.get_layout_map(mesh)
     layout_map["transformer_layer.*experts/expert_.*"] = ("model", None, None)
     distribution = keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
     with distribution.scope():
-        backbone = qwen3_moe_backbone()
+        backbone = qwen3_moe_backbone(**dims)
         floats = {w.path: _held_per_device(w) for w in backbone.weights}
         hubquant.apply_plan(backbone, hubquant.plan_for(backbone, config), calibration=tokens)
         banks = {
@@ -195,10 +202,16 @@ def test_expert_banks_split_by_whole_experts():
             if "/experts/" in w.path
         }
         got = np.asarray(backbone(x))
-    assert banks and all(h == 0.5 for h in banks.values()), banks
-    assert all(floats[_float_path(p).replace("/_expert", "/expert")] == 0.5 for p in banks)
-    np.testing.assert_allclose(got, np.asarray(single(x)), atol=1e-5)
-    assert all(np.array_equal(a, b) for a, b in zip(single.weights, backbone.weights, strict=True))
+    share = 1 / mesh_shape[1]  # whole experts over the model axis
+    assert banks and all(h == share for h in banks.values()), banks
+    assert all(floats[_float_path(p).replace("/_expert", "/expert")] == share for p in banks)
+    assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want - float_out)
+    codes = [
+        (np.asarray(a), np.asarray(b))
+        for a, b in zip(single.weights, backbone.weights, strict=True)
+    ]
+    codes = [(a, b) for a, b in codes if a.dtype == np.int8]
+    assert np.mean(np.concatenate([(a == b).ravel() for a, b in codes])) > 0.99
 
 
 def test_two_processes_write_what_one_process_writes(presets, tmp_path):
