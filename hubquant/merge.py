@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from hubquant import keras_internals as internals
 from hubquant.calibrate import blocks
-from hubquant.calibrate.calibration import calibration_tokens
-from hubquant.calibrate.run import calibration_for
+from hubquant.calibrate.run import tokens_for
 from hubquant.errors import HubquantError
 from hubquant.layers.lora import lora_state
 from hubquant.paths import backbone_of, layer_at
@@ -48,26 +45,18 @@ def _merge_calibrated(model, plan: Plan, layers: dict, calibration) -> set[str]:
     ``X^T X`` of its inputs (the blocks before it already merged); return
     their attrs."""
     backbone = backbone_of(model)
-    if isinstance(calibration, np.ndarray):
-        tokens = calibration.astype("int32")
-    else:
-        tokens = calibration_tokens(model, calibration_for(plan, calibration))
+    tokens = tokens_for(model, plan, calibration)
     by_block: dict[int, list[str]] = {}
     for attr, entry in layers.items():
         if entry.block is not None:
             by_block.setdefault(entry.block, []).append(attr)
     if not by_block:
         return set()
-    block_list = blocks.block_list(backbone, plan)
-    inputs = blocks.block_inputs(backbone, block_list, tokens)
-    last = max(by_block)
-    for index, block in enumerate(block_list[: last + 1]):
+    for index, block, inputs in blocks.walk(backbone, plan, tokens, max(by_block)):
         attrs = by_block.get(index, [])
         stats = {a: blocks.HessianStats(layers[a].shape[1]) for a in attrs}
         with blocks.recording({a: layer_at(backbone, a) for a in attrs}, stats):
             inputs.feed(block, index)
         for attr in attrs:
             layer_at(backbone, attr).merge_adapter(hessian=stats[attr].hessian())
-        if index < last:
-            inputs.run(block, index)
     return {a for attrs in by_block.values() for a in attrs}

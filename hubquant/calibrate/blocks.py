@@ -42,10 +42,18 @@ class BlockInputs:
             block(x, **kw)
 
 
-def block_list(backbone, plan) -> list:
-    """The backbone's transformer blocks, in order (from the Plan's first block entry)."""
+def walk(backbone, plan, tokens: np.ndarray, last: int):
+    """Blocks 0 to ``last`` in order, each yielded as ``(index, block, inputs)``
+    with the calibration activations it receives; once the caller is done
+    with a block (quantized it, merged it), its outputs become the next
+    block's inputs."""
     attr = next(e.attr for e in plan.entries if e.block is not None).split(".")[0]
-    return list(getattr(backbone, attr))
+    blocks = list(getattr(backbone, attr))
+    inputs = block_inputs(backbone, blocks, tokens)
+    for index, block in enumerate(blocks[: last + 1]):
+        yield index, block, inputs
+        if index < last:
+            inputs.run(block, index)
 
 
 def block_inputs(backbone, blocks: list, tokens: np.ndarray) -> BlockInputs:

@@ -43,11 +43,7 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_bl
     streaming) are left as they are.
     """
     backbone = backbone_of(model)
-    if isinstance(calibration, np.ndarray):
-        tokens = calibration.astype("int32")
-    else:
-        cal = calibration_for(plan, calibration)
-        tokens = calibration_tokens(model, cal, report=reporter(on_layer))
+    tokens = tokens_for(model, plan, calibration, report=reporter(on_layer))
     by_block, direct, notes = _split(plan)
     for attr, entries in direct.items():
         _quantize_rtn(backbone, attr, entries, on_layer)
@@ -74,11 +70,9 @@ def _as_applied(plan: Plan, fallback: set, folded: dict) -> tuple[PlanEntry, ...
 
 def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer, before_block=None):
     """Block by block: statistics on the float block, quantize, pass outputs on."""
-    block_list = blocks_mod.block_list(backbone, plan)
-    inputs = blocks_mod.block_inputs(backbone, block_list, tokens)
     routers = {e.block: e.attr for e in plan.entries if e.role == "moe.router"}
-    last, notes, folded = max(by_block), [], {}
-    for index, block in enumerate(block_list[: last + 1]):
+    notes, folded = [], {}
+    for index, block, inputs in blocks_mod.walk(backbone, plan, tokens, max(by_block)):
         planned = by_block.get(index, {})
         if planned:
             if before_block is not None:
@@ -86,14 +80,20 @@ def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer, before_b
             step = _BlockStep(backbone, plan, index, planned, routers.get(index), on_layer)
             notes += step.run(block, inputs)
             folded.update(step.folded)
-        if index < last:
-            inputs.run(block, index)
     return notes, folded
 
 
 def calibrated_by_block(plan: Plan) -> dict[int, dict[str, list[PlanEntry]]]:
     """The layers calibration quantizes block by block: attr -> entries, per block."""
     return _split(plan)[0]
+
+
+def tokens_for(model, plan: Plan, calibration, report=print) -> np.ndarray:
+    """Calibration token ids ``[samples, seq_len]``: ``calibration`` itself when
+    it is token ids, else cut from its text (``calibration_for``)."""
+    if isinstance(calibration, np.ndarray):
+        return calibration.astype("int32")
+    return calibration_tokens(model, calibration_for(plan, calibration), report=report)
 
 
 def calibration_for(plan: Plan, calibration: Calibration | None) -> Calibration:

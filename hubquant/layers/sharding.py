@@ -161,26 +161,27 @@ def rows_split(array):
     active distribution's mesh (row-independent work such as GPTQ's sweep then
     runs on each device's rows); as it is without a distribution or when the
     rows do not divide evenly."""
-    return _split_first_axis(array, lambda mesh: tuple(mesh.axis_names))
+    return _split_first_axis(array, lambda d: tuple(d.device_mesh.axis_names))
 
 
 def data_split(array):
     """A batch of calibration inputs split along the distribution's data axis
     (``batch_dim_name``), as ``fit`` would split it; as it is otherwise."""
 
-    def batch_axis(mesh):
-        name = getattr(keras.distribution.distribution(), "batch_dim_name", None)
-        return name if name in mesh.axis_names else None
+    def batch_axis(distribution):
+        name = getattr(distribution, "batch_dim_name", None)
+        return name if name in distribution.device_mesh.axis_names else None
 
     return _split_first_axis(array, batch_axis)
 
 
 def _split_first_axis(array, axis_of):
+    """``array`` split along its first axis by the mesh axis ``axis_of(distribution)``."""
     distribution = keras.distribution.distribution()
     if distribution is None or keras.backend.backend() != "jax":
         return array
     mesh = distribution.device_mesh
-    axis = axis_of(mesh)
+    axis = axis_of(distribution)
     if axis is None or not _divides(mesh, axis, array.shape[0]):
         return array
     import jax
