@@ -7,6 +7,8 @@ distributions, top-1 agreement with float, bytes of the weights and seconds to
 quantize. Evaluation text and calibration text are different files. Text is tokenized
 with the folder's own ``tokenizer.json`` (the ``tokenizers`` package) when it has one:
 KerasHub's tokenizer class does not always split a non-native vocabulary the same way.
+Each window opens with the model's start ids (Gemma's ``<bos>``), as ``hubquant eval``
+cuts them.
 
     python bench/fidelity.py FOLDER --text EVAL.txt --calibration CALIB.txt
     python bench/fidelity.py FOLDER --text EVAL.txt --rows int4,int4_minmax   # a subset
@@ -35,7 +37,6 @@ import numpy as np  # noqa: E402
 
 import hubquant  # noqa: E402  (first hubquant import quiets TensorFlow)
 from hubquant.config import load_config, parse_config  # noqa: E402
-from hubquant.text import token_ids  # noqa: E402
 
 # hubquant rows: name -> config text ({calibration} is the calibration section).
 _TABLE = "  - match: {role: 'embed*'}\n    mode: int8\n  - match: {role: lm_head}\n    mode: int8\n"
@@ -58,7 +59,9 @@ HUBQUANT_ROWS = {
     + _TABLE
     + "{generate}",
     "int4_gptq_shipped": "configs/int4_gptq.yaml",  # self-generated, 32 x 256 tokens
+    "int4_minmax": "configs/int4.yaml",  # int4.yaml with plain min/max: no clip search
 }
+PLAIN_MINMAX = ("int4_minmax",)
 KERAS_ROWS = ("keras_int8", "keras_int4")
 
 
@@ -70,15 +73,14 @@ def load_model(folder: str):
     return model
 
 
-def tokenize(folder: str, model, text: str) -> np.ndarray:
-    """Token ids of ``text`` with the folder's own tokenizer."""
-    return token_ids(model.preprocessor.tokenizer, text, folder)
+def eval_windows(folder: str, model, text: str, seq_len: int, count: int) -> np.ndarray:
+    """``count`` consecutive windows of ``seq_len + 1`` tokens, cut as ``hubquant
+    eval`` cuts them: the folder's own tokenizer, the model's start ids first."""
+    from hubquant.evaluate import token_windows
+    from hubquant.text import start_ids
 
-
-def windows_of(ids: np.ndarray, seq_len: int, count: int) -> np.ndarray:
-    available = len(ids) // (seq_len + 1)
-    count = min(count, available)
-    return ids[: count * (seq_len + 1)].reshape(count, seq_len + 1)
+    head = start_ids(model.preprocessor, folder)
+    return token_windows(model.preprocessor.tokenizer, text, seq_len, count, folder, head)
 
 
 def weight_bytes(model) -> int:
@@ -99,8 +101,14 @@ def hubquant_row(folder: str, name: str, calibration: str, generate: str):
     else:
         text = spec.replace("{calibration}", calibration).replace("{generate}", generate)
         config = parse_config(text, f"{name}.yaml")
+    ratios = hubquant.quantizers.CLIP_RATIOS
+    if name in PLAIN_MINMAX:  # the one ratio 1.0: each group's own min and max
+        hubquant.quantizers.CLIP_RATIOS = (1.0,)
     start = time.perf_counter()
-    hubquant.apply_plan(model, hubquant.plan_for(model, config))
+    try:
+        hubquant.apply_plan(model, hubquant.plan_for(model, config))
+    finally:
+        hubquant.quantizers.CLIP_RATIOS = ratios
     return model, time.perf_counter() - start
 
 
@@ -162,7 +170,7 @@ def main() -> None:
 
     reference = load_model(args.folder)
     text = Path(args.text).read_text(encoding="utf-8")
-    windows = windows_of(tokenize(args.folder, reference, text), args.seq_len, args.windows)
+    windows = eval_windows(args.folder, reference, text, args.seq_len, args.windows)
     calibration = ""
     if args.calibration:
         if Path(args.calibration).resolve() == Path(args.text).resolve():

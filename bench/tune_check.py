@@ -55,9 +55,7 @@ def main() -> None:
 
     reference = fidelity.load_model(args.folder)
     text = Path(args.text).read_text(encoding="utf-8")
-    windows = fidelity.windows_of(
-        fidelity.tokenize(args.folder, reference, text), 256, args.windows
-    )
+    windows = fidelity.eval_windows(args.folder, reference, text, 256, args.windows)
     calibration = _calibration(args, reference)
     start = time.perf_counter()
     every = parse_candidates(None)

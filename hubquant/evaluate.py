@@ -42,21 +42,25 @@ class Comparison:
         )
 
 
-def token_windows(tokenizer, text: str, seq_len: int, windows: int, source=None) -> np.ndarray:
+def token_windows(
+    tokenizer, text: str, seq_len: int, windows: int, source=None, head=()
+) -> np.ndarray:
     """``windows`` non-overlapping runs of ``seq_len + 1`` tokens from the start
     (tokenized as ``hubquant.text.token_ids`` does, with ``source``'s own tokenizer
-    where KerasHub's does not reproduce it)."""
-    from hubquant.text import token_ids
+    where KerasHub's does not reproduce it), each opening with ``head``, the
+    model's start ids (``hubquant.text.start_ids``)."""
+    from hubquant import text as text_mod
 
-    ids = token_ids(tokenizer, text, source)
-    available = len(ids) // (seq_len + 1)
+    ids = text_mod.token_ids(tokenizer, text, source)
+    body = seq_len + 1 - len(head)
+    available = len(ids) // body
     if available < 1:
         raise HubquantError(
             f"the text has {len(ids)} tokens, fewer than one window of {seq_len + 1}; "
             "give a longer text or a smaller --seq-len."
         )
-    count = min(windows, available)
-    return ids[: count * (seq_len + 1)].reshape(count, seq_len + 1).astype("int32")
+    offsets = np.arange(min(windows, available)) * body
+    return text_mod.windows(ids, seq_len + 1, offsets, head)
 
 
 def compare(float_lm, quantized_lm, windows: np.ndarray, batch_size: int = 4) -> Comparison:
@@ -102,7 +106,10 @@ def evaluate(
     if tokenizer is None:
         raise HubquantError(f"preset '{preset}' has no tokenizer; eval needs a causal LM preset.")
     _check_vocabularies(float_lm, quantized_lm, preset, quantized)
-    data = token_windows(tokenizer, text, seq_len, windows, source=preset)
+    from hubquant.text import start_ids
+
+    head = start_ids(float_lm.preprocessor, preset)
+    data = token_windows(tokenizer, text, seq_len, windows, source=preset, head=head)
     return compare(float_lm, quantized_lm, data)
 
 

@@ -70,7 +70,15 @@ def supported_presets(filter_text: str = "") -> list[tuple[str, str, int | None]
 
 
 def load_source(preset: str):
-    """A float KerasHub task (a CausalLM where the preset has one) or backbone."""
+    """A float KerasHub task (a CausalLM where the preset has one) or backbone,
+    told where it came from (``hubquant_source``: calibration and eval read the
+    folder's own tokenizer.json through it)."""
+    model = _load_source(preset)
+    object.__setattr__(model, "hubquant_source", preset)
+    return model
+
+
+def _load_source(preset: str):
     if preset == DEFAULT_PRESET:
         from hubquant.synthetic import default_causal_lm
 

@@ -123,7 +123,6 @@ def _generated_first(pending: Pending, calibration, on_layer):
         return cal
     require_generator(pending.model)  # before minutes of loading
     float_model = load_source(pending.loader.preset)
-    object.__setattr__(float_model, "hubquant_source", pending.loader.preset)
     tokens = calibration_tokens(float_model, cal, reporter(on_layer))
     del float_model
     gc.collect()  # a Keras model holds cycles

@@ -190,6 +190,23 @@ def test_config_section_and_rtn_fallback_for_the_token_table(tmp_path):
     )
 
 
+def test_calibration_windows_open_with_the_start_token_as_the_model_is_run(tmp_path):
+    """Each window cut from the files is the start token, then the text from a
+    seeded offset: the activations GPTQ sees are those the model has in use."""
+    from hubquant.calibrate.calibration import Calibration, calibration_tokens
+    from hubquant.text import token_ids
+
+    (tmp_path / "cal.txt").write_text(synthetic._CORPUS * 4)
+    lm = _llama()
+    cal = Calibration(files=(str(tmp_path / "cal.txt"),), num_samples=6, seq_len=16)
+    windows = calibration_tokens(lm, cal, report=lambda line: None)
+    ids = token_ids(lm.preprocessor.tokenizer, (tmp_path / "cal.txt").read_text()).tolist()
+    assert windows.shape == (6, 16)
+    assert (windows[:, 0] == lm.preprocessor.tokenizer.start_token_id).all()
+    for row in windows[:, 1:].tolist():
+        assert any(ids[i : i + 15] == row for i in range(len(ids) - 14))
+
+
 # Config and CLI errors
 
 

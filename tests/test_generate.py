@@ -38,21 +38,24 @@ def test_same_seed_same_tokens_of_the_requested_shape_in_the_vocabulary(llama):
     assert (_generate(llama, seed=4) != tokens).any()
 
 
-def test_windows_are_what_the_model_writes_after_its_prompt(llama):
-    """Near zero temperature the sampler takes the most likely token: each
-    window's tokens are then the float model's argmax after the start token, the
-    prompt and the window so far (the prompt itself is not in the window)."""
+def test_windows_are_the_start_ids_then_what_the_model_writes_after_its_prompt(llama):
+    """Near zero temperature the sampler takes the most likely token: after the
+    model's start ids, each window's tokens are then the float model's argmax
+    after the start ids, the prompt and the window so far (the prompt itself is
+    not in the window)."""
     from hubquant.calibrate.generate import prompt_ids
 
+    start = llama.preprocessor.tokenizer.start_token_id
     prompts = prompt_ids(llama)
-    assert all(p[0] == llama.preprocessor.tokenizer.start_token_id for p in prompts)
+    assert all(p[0] == start for p in prompts)
     gen = Generate(num_samples=2, seq_len=6, temperature=1e-4, batch_size=2)
     tokens = generated_tokens(llama, gen, 0, report=lambda line: None)
+    assert (tokens[:, 0] == start).all()
     for row, prompt in enumerate(prompts[:2]):
-        ids = np.array([prompt + tokens[row].tolist()], "int32")
+        ids = np.array([prompt + tokens[row, 1:].tolist()], "int32")
         logits = np.asarray(llama({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
         predicted = logits[len(prompt) - 1 : -1].argmax(-1)
-        np.testing.assert_array_equal(predicted, tokens[row])
+        np.testing.assert_array_equal(predicted, tokens[row, 1:])
 
 
 def test_batches_report_progress_and_a_partial_batch_is_cut(llama):

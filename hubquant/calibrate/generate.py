@@ -4,14 +4,14 @@
       generate: {num_samples: 32, seq_len: 256, temperature: 1.2, batch_size: 32}
       seed: 0
 
-Each sample starts with the tokenizer's start token and one of a few neutral
-prompts, then is sampled token by token from the float model's own next-token
-distribution (KerasHub's ``generate`` with a seeded ``RandomSampler``), batch
-by batch: no end token stops it. The window kept is the ``seq_len`` tokens
-after the prompt, so it starts mid-text like a window cut from a file (the
-start token's outsized activations would otherwise weigh in every sample's
-statistics). The ids are used as they are (no detokenizing). The same seed
-gives the same tokens.
+Each sample starts with the model's start ids (``hubquant.text.start_ids``;
+a model without them, such as SmolLM2, gets its end token, the separator
+between documents in pretraining text) and one of a few neutral prompts, then
+is sampled token by token from the float model's own next-token distribution
+(KerasHub's ``generate`` with a seeded ``RandomSampler``), batch by batch: no
+end token stops it. The window kept is the start ids, then the tokens after
+the prompt, like a window cut from a file. The ids are used as they are (no
+detokenizing). The same seed gives the same tokens.
 """
 
 from __future__ import annotations
@@ -86,9 +86,13 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
     float CausalLM with a tokenizer); ``report`` gets one line per batch."""
     import keras_hub
 
+    from hubquant.text import start_ids
+
     require_generator(model)
     prompts = prompt_ids(model)
-    length = gen.seq_len + max(len(p) for p in prompts)
+    head = start_ids(model.preprocessor, getattr(model, "hubquant_source", None))
+    body = max(gen.seq_len - len(head), 0)
+    length = body + max(len(p) for p in prompts)
     sampler = keras_hub.samplers.RandomSampler(temperature=gen.temperature, seed=seed)
     lm = type(model)(backbone=model.backbone, preprocessor=None)  # ids in, ids out
     lm.compile(sampler=sampler)
@@ -98,8 +102,11 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
         token_ids, mask = _prompt_batch(prompts, first, size, length)
         out = lm.generate({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=None)
         out = np.asarray(out["token_ids"], "int32")
-        starts = mask.sum(axis=1)  # each row's window begins after its prompt
-        batches.append(out[np.arange(size)[:, None], starts[:, None] + np.arange(gen.seq_len)])
+        starts = mask.sum(axis=1)  # each row's text begins after its prompt
+        window = np.empty((size, gen.seq_len), "int32")
+        window[:, : len(head)] = head
+        window[:, len(head) :] = out[np.arange(size)[:, None], starts[:, None] + np.arange(body)]
+        batches.append(window)
         done, elapsed = min(first + size, total), time.perf_counter() - start
         report(
             f"generated calibration text: {done}/{total} samples of {gen.seq_len} tokens "
@@ -109,13 +116,15 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
 
 
 def prompt_ids(model) -> list[list[int]]:
-    """Each prompt's ids, the start token first (the end token where the
-    tokenizer has no start token)."""
-    from hubquant.text import token_ids
+    """Each prompt's ids after the model's start ids (its end token where it
+    has none: pretraining text separates documents by it)."""
+    from hubquant.text import start_ids, token_ids
 
     tokenizer = model.preprocessor.tokenizer
     source = getattr(model, "hubquant_source", None)
-    start = [t for t in (tokenizer.start_token_id, tokenizer.end_token_id) if t is not None][:1]
+    start = start_ids(model.preprocessor, source)
+    if not start:
+        start = [t for t in (tokenizer.end_token_id, tokenizer.start_token_id) if t is not None][:1]
     prompts = [start + token_ids(tokenizer, text, source).tolist() for text in PROMPTS]
     prompts = [p for p in prompts if p]
     if not prompts:  # no start token, and every prompt tokenized to nothing
