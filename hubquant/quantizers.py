@@ -27,8 +27,11 @@ import numpy as np
 # perplexity above plain min/max; this rule lowers both.
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.7, 16))
 _STRIDE = 3  # coarse step of the clip search: CLIP_RATIOS[::3] = 1.0, 0.94, ..., 0.7
-_CHUNK_ELEMENTS = 1 << 22
-_MIN_CHUNK_GROUPS = 1024
+_CHUNK_ELEMENTS = 1 << 22  # int8: values per block of rows
+# int4: groups per compiled call. One shape serves every matrix whose rows have
+# at most this many groups (one compilation, not one per matrix size), and a
+# block this size (1 MiB of float32 at g128) stays in cache.
+_CHUNK_GROUPS = 2048
 
 
 @dataclass(frozen=True)
@@ -117,16 +120,16 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def quantize_int4(w, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
     """Group-wise int4 with a weighted clipping search; codes packed two per byte.
 
-    Rows are read and quantized in blocks of about
-    ``_CHUNK_ELEMENTS`` values; every block but the last has the same compiled
-    shape. A group size above ``K`` is one group of ``K``.
+    Rows are read and quantized in blocks of whole rows of at most
+    ``_CHUNK_GROUPS`` groups (at least one row), each run padded to that
+    compiled shape. A group size above ``K`` is one group of ``K``.
     """
     rows = as_rows(w)
     n, k = rows.shape
     gs = k if group_size == -1 else min(group_size, k)
     g = num_groups(k, gs)
-    step = max(1, _CHUNK_ELEMENTS // (g * gs))
-    bucket = max(_MIN_CHUNK_GROUPS, 1 << (min(n, step) * g - 1).bit_length())
+    step = max(1, _CHUNK_GROUPS // g)
+    bucket = max(_CHUNK_GROUPS, 1 << (g - 1).bit_length())
     fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=CLIP_RATIOS)
     parts = []
     for start in range(0, n, step):

@@ -6,6 +6,7 @@ sublayer's dotted path, its Hugging Face tensor name and its replacement layer.
 """
 
 import dataclasses
+import functools
 import re
 import string
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class Recipe:
         return {key: value for key, value in data.items() if value not in (None, "")}
 
 
+@functools.lru_cache(maxsize=256)  # every plan reads every recipe; a Recipe is immutable
 def parse_recipe(text: str, source: str) -> Recipe:
     """Validate recipe YAML ``text``; ``source`` names it in error messages."""
     data = read_yaml(text, source, RecipeError)

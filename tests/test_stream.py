@@ -45,6 +45,7 @@ def test_large_values_read_by_rows(float_presets, monkeypatch):
     and untied head columns), in several quantizer blocks: same bytes."""
     monkeypatch.setattr(stream, "WHOLE_BYTES", 0)
     monkeypatch.setattr(quantizers, "_CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(quantizers, "_CHUNK_GROUPS", 64)
     reads = []
     original = quantizers.RowReader.__call__
     monkeypatch.setattr(
