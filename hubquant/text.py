@@ -79,7 +79,7 @@ def start_ids(preprocessor, source: str | Path | None = None) -> list[int]:
 def windows(ids: np.ndarray, length: int, offsets: np.ndarray, head=()) -> np.ndarray:
     """``[len(offsets), length]`` int32: ``head`` (the start ids), then the
     text from each offset of ``ids``."""
-    head = np.asarray(head, "int32")
+    head = np.asarray(head, "int32")[:length]
     body = length - len(head)
     out = np.empty((len(offsets), length), "int32")
     out[:, : len(head)] = head

@@ -172,7 +172,7 @@ def calibration_tokens(model, cal: Calibration, report=print) -> np.ndarray:
         )
     source = getattr(model, "hubquant_source", None)
     ids = token_ids(tokenizer, read_texts(cal), source)
-    head = start_ids(model.preprocessor, source)
+    head = start_ids(model.preprocessor, source)[: cal.seq_len]
     body = cal.seq_len - len(head)
     if len(ids) < max(body, 1):
         raise HubquantError(

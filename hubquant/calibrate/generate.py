@@ -90,8 +90,8 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
 
     require_generator(model)
     prompts = prompt_ids(model)
-    head = start_ids(model.preprocessor, getattr(model, "hubquant_source", None))
-    body = max(gen.seq_len - len(head), 0)
+    head = start_ids(model.preprocessor, getattr(model, "hubquant_source", None))[: gen.seq_len]
+    body = gen.seq_len - len(head)
     length = body + max(len(p) for p in prompts)
     sampler = keras_hub.samplers.RandomSampler(temperature=gen.temperature, seed=seed)
     lm = type(model)(backbone=model.backbone, preprocessor=None)  # ids in, ids out
