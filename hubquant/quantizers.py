@@ -120,22 +120,25 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def quantize_int4(w, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
     """Group-wise int4 with a weighted clipping search; codes packed two per byte.
 
-    Rows are read and quantized in blocks of whole rows of at most
-    ``_CHUNK_GROUPS`` groups (at least one row), each run padded to that
-    compiled shape. A group size above ``K`` is one group of ``K``.
+    Rows are read in blocks of about ``_CHUNK_ELEMENTS`` values (few reads of
+    a file) and quantized in runs of whole rows of at most ``_CHUNK_GROUPS``
+    groups (at least one row), each padded to that compiled shape. A group
+    size above ``K`` is one group of ``K``.
     """
     rows = as_rows(w)
     n, k = rows.shape
     gs = k if group_size == -1 else min(group_size, k)
     g = num_groups(k, gs)
-    step = max(1, _CHUNK_GROUPS // g)
+    run = max(1, _CHUNK_GROUPS // g)
+    step = run * max(1, _CHUNK_ELEMENTS // (run * g * gs))
     bucket = max(_CHUNK_GROUPS, 1 << (g - 1).bit_length())
     fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=CLIP_RATIOS)
     parts = []
     for start in range(0, n, step):
         block = rows(start, min(n, start + step))
-        codes, scale, zero = _int4_rows(fn, block, g, gs, bucket)
-        parts.append((pack_int4(codes), scale, zero))
+        for first in range(0, len(block), run):
+            codes, scale, zero = _int4_rows(fn, block[first : first + run], g, gs, bucket)
+            parts.append((pack_int4(codes), scale, zero))
     codes, scale, zero = (np.concatenate(p) for p in zip(*parts, strict=True))
     return QuantizedMatrix(codes, scale, None if symmetric else zero)
 

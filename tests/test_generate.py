@@ -58,6 +58,18 @@ def test_windows_are_the_start_ids_then_what_the_model_writes_after_its_prompt(l
         np.testing.assert_array_equal(predicted, tokens[row, 1:])
 
 
+def test_gemma3_generates_its_own_text_after_its_bos():
+    """Gemma 3's generate step also returns ``images`` (None for text), which
+    KerasHub's ``generate`` cannot stack: the compiled step is called itself."""
+    from families import gemma3_causal_lm
+
+    lm = gemma3_causal_lm(seed=0)
+    tokens = _generate(lm, seed=1, num_samples=3, seq_len=8)
+    assert tokens.shape == (3, 8)
+    assert (tokens[:, 0] == lm.preprocessor.tokenizer.start_token_id).all()
+    assert 0 <= tokens.min() and tokens.max() < lm.backbone.vocabulary_size
+
+
 def test_batches_report_progress_and_a_partial_batch_is_cut(llama):
     lines = []
     gen = Generate(num_samples=5, seq_len=8, batch_size=2)

@@ -96,11 +96,14 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
     sampler = keras_hub.samplers.RandomSampler(temperature=gen.temperature, seed=seed)
     lm = type(model)(backbone=model.backbone, preprocessor=None)  # ids in, ids out
     lm.compile(sampler=sampler)
+    # The compiled step itself: ``generate`` would also stack outputs that are
+    # None for text (Gemma 3's ``images``) and fail.
+    step = lm.make_generate_function()
     batches, start, total = [], time.perf_counter(), gen.num_samples
     size = min(gen.batch_size, total)
     for first in range(0, total, size):
         token_ids, mask = _prompt_batch(prompts, first, size, length)
-        out = lm.generate({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=None)
+        out = step({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=None)
         out = np.asarray(out["token_ids"], "int32")
         starts = mask.sum(axis=1)  # each row's text begins after its prompt
         window = np.empty((size, gen.seq_len), "int32")
