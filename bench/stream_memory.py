@@ -3,7 +3,9 @@
 Each run is a separate process measured with `/usr/bin/time -v` (peak RSS of
 the whole process). Keras' path (`from_preset`, then `model.quantize`) runs
 under a memory cap enforced by polling its RSS; if it crosses the cap it is
-killed, and the bench reports that.
+killed, and the bench reports that. Beside the peak, it prints apply's time
+divided by the time to read every weight of the preset into NumPy once, measured
+in the same run.
 
     python bench/big_preset.py --shape gemma_2b --output /tmp/g2b
     python bench/stream_memory.py /tmp/g2b --keras --sizes
@@ -25,6 +27,19 @@ from pathlib import Path
 
 GIB = 2**30
 _RUNTIME = "import hubquant, keras_hub"  # the fixed cost: interpreter and libraries
+# Read every tensor of the preset's weights file(s) into NumPy once: the floor for apply.
+_READ = """
+import sys, time, pathlib, h5py, numpy as np
+start, values = time.perf_counter(), 0
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.weights*.h5")):
+    with h5py.File(path, "r") as f:
+        def read(name, item):
+            global values
+            if isinstance(item, h5py.Dataset):
+                values += np.asarray(item[()]).size
+        f.visititems(read)
+print(time.perf_counter() - start, values)
+"""
 _KERAS = """
 import sys, keras_hub
 import hubquant  # quiets TensorFlow; Keras' path below is Keras' own
@@ -87,6 +102,15 @@ def apply(preset: Path, config: str, output: Path, report: Path) -> tuple[float,
     return timed(cmd)
 
 
+def read_seconds(preset: Path) -> float:
+    """Seconds to read every tensor of the preset's weights into NumPy, in a
+    fresh process (the page cache is as warm as apply left it)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _READ, str(preset)], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.split()[0])
+
+
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -102,7 +126,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="hubquant_bench_"))
     try:
-        runtime, _, _ = timed([sys.executable, "-c", _RUNTIME])
+        runtime, startup, _ = timed([sys.executable, "-c", _RUNTIME])
         rss, seconds, code = apply(args.preset, args.config, work / "out", work / "r.json")
         if code:
             raise SystemExit(f"hubquant apply failed with exit code {code}")
@@ -113,6 +137,11 @@ def main() -> None:
         print(
             f"hubquant apply --config {args.config}: peak RSS {rss:.2f} GiB in {seconds:.0f}s; "
             f"bound 1.3 x (quantized + largest block) + runtime = {limit:.2f} GiB"
+        )
+        read = read_seconds(args.preset)
+        print(
+            f"reading every weight into NumPy once: {read:.1f}s; "
+            f"apply / read = {seconds / read:.1f}x (apply includes starting Python, {startup:.1f}s)"
         )
         if args.keras:
             peak, secs, killed = capped([sys.executable, "-c", _KERAS, str(args.preset)], args.cap)

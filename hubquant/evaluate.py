@@ -94,6 +94,7 @@ def evaluate(
     """Load both models and compare them on windows of ``text_file``."""
     from hubquant.api import load
     from hubquant.float_preset import load_source
+    from hubquant.text import start_ids
 
     if type(seq_len) is not int or seq_len < 2:
         raise HubquantError(f"--seq-len: expected an integer of at least 2. Received: {seq_len}")
@@ -106,8 +107,6 @@ def evaluate(
     if tokenizer is None:
         raise HubquantError(f"preset '{preset}' has no tokenizer; eval needs a causal LM preset.")
     _check_vocabularies(float_lm, quantized_lm, preset, quantized)
-    from hubquant.text import start_ids
-
     head = start_ids(float_lm.preprocessor, preset)
     data = token_windows(tokenizer, text, seq_len, windows, source=preset, head=head)
     return compare(float_lm, quantized_lm, data)
