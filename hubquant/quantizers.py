@@ -27,7 +27,7 @@ import numpy as np
 # perplexity above plain min/max; this rule lowers both.
 CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.7, 16))
 _STRIDE = 3  # coarse step of the clip search: CLIP_RATIOS[::3] = 1.0, 0.94, ..., 0.7
-_CHUNK_ELEMENTS = 1 << 22  # int8: values per block of rows
+_CHUNK_ELEMENTS = 1 << 22  # values per block of rows read at once (few reads of a file)
 # int4: groups per compiled call. One shape serves every matrix whose rows have
 # at most this many groups (one compilation, not one per matrix size), and a
 # block this size (1 MiB of float32 at g128) stays in cache.

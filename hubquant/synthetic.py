@@ -35,8 +35,16 @@ _CORPUS = (
 
 def gemma_tokenizer(vocab_size: int = 384) -> keras_hub.models.GemmaTokenizer:
     """A SentencePiece tokenizer trained on a built-in paragraph."""
+    return keras_hub.models.GemmaTokenizer(proto=sentencepiece_proto(vocab_size))
+
+
+def sentencepiece_proto(vocab_size: int = 384, symbols: tuple[str, ...] = ()) -> bytes:
+    """A SentencePiece model (Gemma's special ids) trained on a built-in
+    paragraph; ``symbols`` are extra pieces kept whole (Gemma 3's image and
+    turn tokens)."""
     import sentencepiece as spm
 
+    extra = {"user_defined_symbols": list(symbols)} if symbols else {}
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_CORPUS.split(". ") * 4),
@@ -54,8 +62,9 @@ def gemma_tokenizer(vocab_size: int = 384) -> keras_hub.models.GemmaTokenizer:
         hard_vocab_limit=False,
         num_threads=1,
         minloglevel=2,
+        **extra,
     )
-    return keras_hub.models.GemmaTokenizer(proto=model.getvalue())
+    return model.getvalue()
 
 
 LLAMA3_MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"]

@@ -14,7 +14,7 @@ import keras
 import keras_hub
 import numpy as np
 
-from hubquant.synthetic import make_trained_like
+from hubquant.synthetic import make_trained_like, sentencepiece_proto
 
 VOCAB = 256
 # One set of matrix shapes for every family (JAX compiles each op once per
@@ -50,33 +50,8 @@ def gemma3_backbone(seed: int = 0, **dims):
 def gemma3_causal_lm(seed: int = 0):
     """A tiny text-only Gemma3CausalLM with a SentencePiece tokenizer (which
     must hold Gemma 3's image and turn tokens) and its preprocessor."""
-    import io
-
-    import sentencepiece as spm
-
-    from hubquant import synthetic
-
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(synthetic._CORPUS.split(". ") * 4),
-        model_writer=proto,
-        vocab_size=384,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=["<start_of_image>", "<end_of_image>", "<img>"]
-        + ["<start_of_turn>", "<end_of_turn>"],
-        hard_vocab_limit=False,
-        num_threads=1,
-        minloglevel=2,
-    )
-    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto.getvalue())
+    symbols = ("<start_of_image>", "<end_of_image>", "<img>", "<start_of_turn>", "<end_of_turn>")
+    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=sentencepiece_proto(384, symbols))
     preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
         tokenizer=tokenizer, image_converter=None, sequence_length=64
     )

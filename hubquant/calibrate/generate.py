@@ -89,13 +89,13 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
     float CausalLM with a tokenizer); ``report`` gets one line per batch."""
     import keras_hub
 
-    from hubquant.text import start_ids
+    from hubquant.text import start_ids, windows
 
     require_generator(model)
-    prompts = prompt_ids(model)
-    head = start_ids(model.preprocessor, getattr(model, "hubquant_source", None))[: gen.seq_len]
-    body = gen.seq_len - len(head)
-    length = body + max(len(p) for p in prompts)
+    head = start_ids(model.preprocessor, getattr(model, "hubquant_source", None))
+    prompts = prompt_ids(model, head)
+    head = head[: gen.seq_len]
+    length = gen.seq_len - len(head) + max(len(p) for p in prompts)
     sampler = keras_hub.samplers.RandomSampler(temperature=gen.temperature, seed=seed)
     lm = type(model)(backbone=model.backbone, preprocessor=None)  # ids in, ids out
     lm.compile(sampler=sampler)
@@ -108,11 +108,8 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
         token_ids, mask = _prompt_batch(prompts, first, size, length)
         out = step({"token_ids": token_ids, "padding_mask": mask}, stop_token_ids=None)
         out = np.asarray(out["token_ids"], "int32")
-        starts = mask.sum(axis=1)  # each row's text begins after its prompt
-        window = np.empty((size, gen.seq_len), "int32")
-        window[:, : len(head)] = head
-        window[:, len(head) :] = out[np.arange(size)[:, None], starts[:, None] + np.arange(body)]
-        batches.append(window)
+        starts = np.arange(size) * length + mask.sum(axis=1)  # each row's text, after its prompt
+        batches.append(windows(out.reshape(-1), gen.seq_len, starts, head))
         done, elapsed = min(first + size, total), time.perf_counter() - start
         report(
             f"generated calibration text: {done}/{total} samples of {gen.seq_len} tokens "
@@ -121,14 +118,15 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
     return np.concatenate(batches)[:total]
 
 
-def prompt_ids(model) -> list[list[int]]:
-    """Each prompt's ids after the model's start ids (its end token where it
-    has none: pretraining text separates documents by it)."""
+def prompt_ids(model, start: list[int] | None = None) -> list[list[int]]:
+    """Each prompt's ids after the model's start ids (``start``, read from the
+    model when not given; its end token where it has none: pretraining text
+    separates documents by it)."""
     from hubquant.text import start_ids, token_ids
 
     tokenizer = model.preprocessor.tokenizer
     source = getattr(model, "hubquant_source", None)
-    start = start_ids(model.preprocessor, source)
+    start = start_ids(model.preprocessor, source) if start is None else list(start)
     if not start:
         start = [t for t in (tokenizer.end_token_id, tokenizer.start_token_id) if t is not None][:1]
     prompts = [start + token_ids(tokenizer, text, source).tolist() for text in PROMPTS]
