@@ -3,8 +3,9 @@ dequantizing path that many rows take.
 
 int8: ``hubquant.layers.products`` splits each input row into two int8 parts,
 so an input element is off by at most ``max|x| / 64516`` and an output by at
-most that times the row's absolute weight sum. int4: the same float matrix,
-only summed in another order. Checked on every quantized projection and the
+most that times the row's absolute weight sum. int4: the same weights summed
+in another order (one row: the zero points come off per group after the sum),
+so float32 rounding only. Checked on every quantized projection and the
 LM head of tiny Gemma and Llama models, int8 and several int4 layouts.
 """
 
@@ -62,16 +63,18 @@ def _bound(x: np.ndarray, weight_rows_abs: np.ndarray) -> np.ndarray:
     return row_max[:, None] * weight_rows_abs[None, :] * (1 / 64516 + 1e-5) + 1e-6
 
 
-def test_projections_within_bound(quantized):
+@pytest.mark.parametrize("rows", [1, 3])
+def test_projections_within_bound(quantized, rows):
     config, model = quantized
     rng = np.random.default_rng(0)
     checked = differs = 0
     for layer in _projections(model):
         k = layer.hubquant_specs["kernel"].k
-        shape = _input_shape(layer, rows=3)
+        shape = _input_shape(layer, rows=rows)
         x = rng.standard_normal(shape).astype("float32") * 3
         x[..., 0] *= 40  # an outlier channel sets max|x|
-        x[1] = 0  # a zero row (padding) must give exactly zero
+        if rows > 1:
+            x[1] = 0  # a zero row (padding) must give exactly zero
         got = np.asarray(layer(x), np.float64)
         want = _dequantizing(layer, x)
         w = np.asarray(layer._dequantized("kernel", "float32"))
@@ -87,25 +90,58 @@ def test_projections_within_bound(quantized):
         assert differs  # the integer product ran: it rounds unlike the float one
 
 
-def test_lm_head_within_bound(quantized):
+@pytest.mark.parametrize("rows", [1, 2])
+def test_lm_head_within_bound(quantized, rows):
     embedding = quantized[1].backbone.token_embedding
-    x = np.random.default_rng(1).standard_normal((2, 1, embedding.output_dim)).astype("float32")
+    x = np.random.default_rng(1).standard_normal((rows, 1, embedding.output_dim))
+    x = x.astype("float32")
     got = np.asarray(embedding(x, reverse=True), np.float64)
     want = _dequantizing(embedding, x, reverse=True)
     name = "embeddings" if embedding.tie_weights else "reverse"
     w = np.asarray(embedding._dequantized(name, "float32"))
-    bound = _bound(x.reshape(2, -1), np.abs(w).sum(-1))
-    assert np.all(np.abs(got - want).reshape(2, -1) <= bound)
+    bound = _bound(x.reshape(rows, -1), np.abs(w).sum(-1))
+    assert np.all(np.abs(got - want).reshape(rows, -1) <= bound)
 
 
 def test_decoding_uses_row_product_and_many_rows_do_not():
     spec = hubquant.layers.base.MatrixSpec("int4", 32, False, n=8, k=64)
-    assert products.use_row_product(1, spec)
-    assert products.use_row_product(products.FEW_ROWS, spec)
-    assert not products.use_row_product(products.FEW_ROWS + 1, spec)
-    assert not products.use_row_product(None, spec)
+    assert products.product_for(1, spec) == "int4 row"
+    assert products.product_for(2, spec) == "int4 rows"
+    assert products.product_for(products.FEW_ROWS, spec) == "int4 rows"
+    assert products.product_for(products.FEW_ROWS + 1, spec) is None
+    assert products.product_for(None, spec) is None
     odd_groups = hubquant.layers.base.MatrixSpec("int4", 33, False, n=8, k=66)
-    assert not products.use_row_product(1, odd_groups)
+    assert products.product_for(1, odd_groups) is None
+    int8 = hubquant.layers.base.MatrixSpec("int8", -1, True, n=8, k=64)
+    assert products.product_for(1, int8) == "int8 rows"
+
+
+@pytest.fixture(scope="module")
+def smollm2_wide():
+    """One block at SmolLM2-135M's real widths: hidden 576 (4.5 groups of 128),
+    MLP 1536, 9 query and 3 key/value heads; int4 g128 asymmetric."""
+    model = synthetic.llama3_causal_lm(
+        seed=0, num_layers=1, hidden_dim=576, intermediate_dim=1536,
+        num_query_heads=9, num_key_value_heads=3,
+    )  # fmt: skip
+    hubquant.quantize(model, parse_config("default: {mode: int4, group_size: 128}\n", "g128"))
+    return model
+
+
+def test_decode_takes_the_one_row_product_at_real_widths(smollm2_wide, monkeypatch):
+    """Generating, every projection of a 576-wide block (a partial last group)
+    and the LM head read their packed codes through the one-row product, not
+    a float matrix."""
+    taken = []
+    one_row = products._int4_row
+    monkeypatch.setattr(
+        products, "_int4_row", lambda x, p, s: taken.append((s.n, s.k)) or one_row(x, p, s)
+    )
+    smollm2_wide.generate(["the cat"], max_length=8)
+    head = (smollm2_wide.backbone.vocabulary_size, 576)
+    q_o, kv, gate_up, down = (576, 576), (192, 576), (1536, 576), (576, 1536)
+    assert sorted(set(taken)) == sorted({q_o, kv, gate_up, down, head})
+    assert len(taken) >= 8  # q, k, v, o, gate, up, down and the LM head
 
 
 def _input_shape(layer, rows: int) -> tuple:

@@ -316,7 +316,7 @@ class QuantizedLayerMixin:
         """``inputs`` times matrix ``name`` read in canonical layout (few rows),
         laid out by ``row_map``; None where the dequantizing path applies."""
         spec = self.hubquant_specs[name]
-        if row_map is None or not products.use_row_product(row_map.row_count(inputs), spec):
+        if row_map is None or products.product_for(row_map.row_count(inputs), spec) is None:
             return None
         rows, kept = row_map.rows(ops.cast(inputs, "float32"))
         y = products.row_product(rows, self._matrix_parts(name), spec)

@@ -13,8 +13,15 @@ one. So with at most ``FEW_ROWS`` rows, every projection takes its input as
   codes are read once for both: about 15 bits of the input are kept (error at
   most ``max|x| / 64516`` per element), so the result is weight-only quality,
   not that of an 8-bit activation. Sums are exact for ``K`` up to 131,000.
-- int4: the packed codes are unpacked, shifted by their zero points and scaled
-  in the same expression as the product, which XLA evaluates as it reads them.
+- int4, one row: the product is one reduction over the packed codes, each
+  byte split into its two nibbles with float arithmetic and weighted by the
+  even and odd input elements and its group's scale; the zero points come off
+  once per group (``x``'s group sums times ``zero * scale``). XLA fuses it into
+  a single loop that reads every byte once and writes nothing else; the
+  dequantizing form (a float matrix, then a product) wrote and read 4 bytes
+  per weight, 2-3x slower on this CPU.
+- int4, 2 to ``FEW_ROWS`` rows: the float matrix is formed while reading the
+  packed codes, then multiplied (the reduction repeats its work per row).
 
 Many rows (prefill, calibration) are compute-bound and keep the layers'
 dequantizing path. ``bench/generate_speed.py`` measures both.
@@ -34,11 +41,16 @@ FEW_ROWS = 16
 _LO = 254.0
 
 
-def use_row_product(rows: int | None, spec) -> bool:
-    """Whether ``rows`` input rows (None: unknown) go through ``row_product``."""
+def product_for(rows: int | None, spec) -> str | None:
+    """Which product ``rows`` input rows (None: unknown) take: ``"int8 rows"``,
+    ``"int4 row"``, ``"int4 rows"``, or None for the layer's dequantizing path."""
     if rows is None or rows > FEW_ROWS:
-        return False
-    return spec.mode == "int8" or _group_width(spec) % 2 == 0
+        return None
+    if spec.mode == "int8":
+        return "int8 rows"
+    if _group_width(spec) % 2:  # odd groups do not fill whole bytes
+        return None
+    return "int4 row" if rows == 1 else "int4 rows"
 
 
 def row_product(x, parts: list, spec):
@@ -46,8 +58,11 @@ def row_product(x, parts: list, spec):
     ``parts`` (codes, scale, [zero], [input_scale]); float32 ``[M, N]``."""
     if spec.input_scale:
         x = x * parts[-1][None, :]
-    if spec.mode == "int8":
+    kind = product_for(x.shape[0], spec)
+    if kind == "int8 rows":
         return _int8_product(x, parts[0]) * parts[1][None, :]
+    if kind == "int4 row":
+        return _int4_row(x, parts, spec)
     w = int4_matrix(parts, spec)
     return ops.matmul(_pad_last(x, w.shape[-1]), ops.transpose(w))
 
@@ -74,6 +89,24 @@ def _int_dot(a, codes):
         codes = ops.convert_to_tensor(codes)  # a Keras variable's value
         return lax.dot_general(a, codes, dims, preferred_element_type="int32")
     return ops.matmul(a, ops.transpose(codes))
+
+
+def _int4_row(x, parts: list, spec):
+    """``x @ W.T`` for one float32 row ``x`` ``[1, K]`` and int4 ``parts``, as
+    one fused reduction over the packed codes (no float matrix formed)."""
+    gs = _group_width(spec)
+    groups = -(-spec.k // gs)
+    pairs = ops.reshape(_pad_last(x, groups * gs), (groups, gs // 2, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    packed = ops.reshape(_pad_last(parts[0], groups * gs // 2), (-1, groups, gs // 2))
+    byte = ops.cast(packed, "float32")  # 16 * high + low, both signed nibbles
+    high = ops.floor(byte * (1 / 16))
+    low = byte - 16.0 * ops.floor((byte + 8.0) * (1 / 16))
+    y = ops.sum((high * odd + low * even) * parts[1][..., None], axis=(1, 2))
+    if spec.has_zero:
+        offset = ops.cast(parts[2], "float32") * parts[1]  # [N, groups]
+        y = y - ops.matmul(offset, ops.sum(even + odd, axis=-1))
+    return y[None, :]
 
 
 def int4_matrix(parts: list, spec):
