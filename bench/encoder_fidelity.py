@@ -13,8 +13,9 @@ This script installs nothing. It embeds a few dozen varied sentences (mean
 pooling over real tokens, as sentence-transformers does for this model) with
 the float backbone and with copies quantized by hubquant (int8; int4 with
 groups of 32, 64 and 128, embeddings int8 as in the shipped int4 config; the
-shipped configs mixed and encoder_int4), and prints the cosine similarity of
-each quantized embedding to the float one.
+shipped configs mixed and encoder_int4; ``--config`` files, such as one
+``hubquant tune`` wrote), and prints the cosine similarity of each quantized
+embedding to the float one.
 With ``--calibration`` (text files, e.g. the model's README.md; never the
 sentences above), it adds int4 g64 rows calibrated with GPTQ (act order) and
 AWQ on 128 windows of 64 tokens framed by [CLS] and [SEP], as the encoder
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -166,6 +168,9 @@ def main() -> None:
     parser.add_argument("folder", help="Hugging Face BERT folder (config.json, safetensors, vocab)")
     parser.add_argument("--sequence-length", type=int, default=64)
     parser.add_argument("--calibration", nargs="+", default=[], help="text files for GPTQ/AWQ")
+    parser.add_argument(
+        "--config", nargs="+", default=[], help="more config files (e.g. from hubquant tune)"
+    )
     args = parser.parse_args()
 
     inputs = tokenize(args.folder, args.sequence_length)
@@ -176,6 +181,7 @@ def main() -> None:
     print(f"Keras backend {keras.backend.backend()}")
     print(reference_check(args.folder, inputs, reference))
     configs = dict(CONFIGS)
+    configs.update({os.path.basename(path): Path(path).read_text() for path in args.config})
     windows = None
     if args.calibration:
         windows = calibration_windows(args.folder, args.calibration)

@@ -121,8 +121,12 @@ def _tune_parser(sub) -> None:
         "_sym), or +name / -name to add or drop one",
     )
     tune.add_argument("--recipe", help="recipe YAML file or shipped recipe name")
-    tune.add_argument("--samples", type=int, default=16, help="calibration windows (default 16)")
-    tune.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
+    tune.add_argument(
+        "--samples", type=int, help="calibration windows (default 16; 128 for an encoder)"
+    )
+    tune.add_argument(
+        "--seq-len", type=int, help="tokens per window (default 256; 64 for an encoder)"
+    )
     tune.add_argument("--report", help="also write every layer's choice and damage as JSON")
     tune.add_argument("--plot", help="also draw the choice as a PNG heatmap (needs matplotlib)")
     tune.add_argument("--quiet", action="store_true", help="print only errors")

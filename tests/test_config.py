@@ -331,13 +331,13 @@ def test_shipped_configs_say_what_they_promise():
     assert int4_layers == {(r, b) for r in ("mlp.gate", "mlp.down") for b in (1, 2, 3, 4)}
     assert resolve(mixed, "embed", None)[0].mode == "int8"
     assert resolve(mixed, "lm_head", None)[0].mode == "int8"
-    encoder = load_config("encoder_int4")  # #3: int4 g64, attn.v and the MLP int8
-    for role in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down", "pooler"):
-        options = resolve(encoder, role, 0 if role != "pooler" else None)[0]
-        want = ("int8", -1) if role in ("attn.v", "mlp.up", "mlp.down") else ("int4", 64)
-        assert (options.mode, options.group_size) == want, role
-    assert not resolve(encoder, "attn.q", 0)[0].symmetric
-    assert resolve(encoder, "embed", None)[0].mode == "int8"
+    encoder = load_config("encoder_int4")  # #18: tuned on all-MiniLM-L6-v2 at 0.20
+    for role in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"):
+        options = resolve(encoder, role, 0)[0]
+        assert (options.mode, options.group_size) == ("int8", -1), role
+    embed = resolve(encoder, "embed", None)[0]
+    assert (embed.mode, embed.group_size, embed.symmetric) == ("int4", 64, False)
+    assert resolve(encoder, "pooler", None)[0].group_size == 128
 
 
 @pytest.mark.parametrize("name", sorted(shipped_configs()))

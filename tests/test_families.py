@@ -123,23 +123,26 @@ ENCODERS = ["bert", "roberta", "xlm_roberta", "distil_bert"]
 
 @pytest.mark.parametrize("family", ENCODERS)
 def test_encoder_int4_config_fits_every_encoder_family(family, fresh):
-    """configs/encoder_int4.yaml (#3): every rule matches (--strict), attn.v and
-    the MLP int8, the rest int4 g64, and closer to float than the int4 config."""
+    """configs/encoder_int4.yaml (#18): every rule matches (--strict; the pooler
+    rule is optional), the token table int4 g64, the pooler int4 g128, every
+    projection int8, outputs within 1 % relative MSE of float. Which config is
+    closer to float is judged on the real all-MiniLM-L6-v2
+    (bench/encoder_fidelity.py), not on these random weights."""
     ref_model = fresh(family)
     inputs = families.sample_inputs(ref_model)
     ref = outputs(ref_model, inputs)
     errors = {}
-    for config in ("int8", "encoder_int4", "int4"):
+    for config in ("int8", "encoder_int4"):
         backbone = fresh(family)
         plan = hubquant.plan_for(backbone, config, strict=config == "encoder_int4")
         hubquant.apply_plan(backbone, plan)
         errors[config] = relative_mse(outputs(backbone, inputs), ref)
         if config == "encoder_int4":
-            int8 = {"attn.v", "mlp.up", "mlp.down", "embed"}
+            int4 = {"embed": 64, "pooler": 128}
             for e in plan.entries:
-                want = ("int8", -1) if e.role in int8 else ("int4", 64)
+                want = ("int4", int4[e.role]) if e.role in int4 else ("int8", -1)
                 assert (e.mode, e.group_size) == want, e.path
-    assert errors["int8"] <= errors["encoder_int4"] < errors["int4"], errors
+    assert errors["int8"] <= errors["encoder_int4"] < 0.01, errors
 
 
 @pytest.mark.parametrize("family", _marked(KERAS_CANNOT, {"smollm3"}))

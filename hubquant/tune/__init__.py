@@ -2,7 +2,8 @@
 
 Each planned matrix may take any candidate (``none``, ``int8``, ``int4`` in
 several group sizes); the damage of each choice is estimated from the Fisher
-diagonal on calibration text (fisher.py, damage.py) and the least total damage
+diagonal on calibration text (fisher.py, damage.py) of what the model is used
+for (objective.py: an LM's next-token distribution, an encoder's embedding) and the least total damage
 that fits the budget is chosen (allocate.py). The result is an ordinary config
 (writer.py) that ``hubquant apply`` uses like any other.
 """
@@ -31,14 +32,16 @@ class Tuned:
 
     entries: list[PlanEntry]
     candidates: tuple[Candidate, ...]
-    damage: np.ndarray  # [layers, candidates]: estimated KL per token each adds
+    damage: np.ndarray  # [layers, candidates]: the objective's estimate each adds
     sizes: np.ndarray  # [layers, candidates]: bytes
     chosen: np.ndarray  # [layers]: candidate index
     budget_bytes: int  # for the planned matrices
     float_bytes: int  # the planned matrices in float
+    objective: object = None  # objective.NextToken or Embedding
 
     @property
-    def predicted_kl(self) -> float:
+    def predicted(self) -> float:
+        """Estimated KL per token (an LM) or 1 - cosine per window (an encoder)."""
         return float(self.damage[np.arange(len(self.chosen)), self.chosen].sum())
 
     @property
@@ -73,17 +76,21 @@ def tune(
     recipe=None,
     report=print,
     fused: bool = False,
+    objective=None,
 ) -> Tuned:
-    """Choose a candidate per planned matrix of the float ``model`` (a task
-    with an LM head) so that the estimated KL is least within ``budget``;
-    ``tokens`` ``[windows, seq_len]``: calibration text. ``fused``: layers of
+    """Choose a candidate per planned matrix of the float ``model`` (a causal
+    LM, or an encoder backbone) so that the estimated damage to its outputs
+    (``objective``; by default the one ``objective_for`` picks) is least within
+    ``budget``; ``tokens`` ``[windows, seq_len]``: calibration text. ``fused``: layers of
     a block that read the same input (the recipe's ``input_norm``: q/k/v,
     gate/up) take one candidate, as serving engines fuse them."""
     from hubquant.paths import backbone_of
     from hubquant.tune.allocate import allocate, check_reachable
     from hubquant.tune.damage import canonical, damage_row, matrix_variable
     from hubquant.tune.fisher import fisher_diagonal
+    from hubquant.tune.objective import objective_for
 
+    objective = objective or objective_for(model)
     backbone = backbone_of(model)
     entries = [e for e in tunable_plan(model, recipe).entries if e.mode != "none"]
     variables = [matrix_variable(backbone, e) for e in entries]
@@ -93,7 +100,7 @@ def tune(
     other = sum(_bytes(v) for v in backbone.weights if id(v) not in planned)
     allowed = budget.matrix_bytes(float_bytes, sum(e.params for e in entries), other)
     check_reachable(sizes, allowed)  # before the minutes of work
-    fisher = fisher_diagonal(model, tokens, variables, report=report)
+    fisher = fisher_diagonal(model, tokens, variables, objective, report=report)
     damage = []
     for i, (entry, var, f) in enumerate(zip(entries, variables, fisher, strict=True)):
         w = canonical(backbone, entry, var.value)
@@ -109,7 +116,7 @@ def tune(
     chosen = np.zeros(len(entries), np.int64)
     for group, pick in zip(groups, picked, strict=True):
         chosen[group] = pick
-    return Tuned(entries, candidates, damage, sizes, chosen, allowed, float_bytes)
+    return Tuned(entries, candidates, damage, sizes, chosen, allowed, float_bytes, objective)
 
 
 def fusion_groups(entries: list[PlanEntry], fused: bool) -> list[list[int]]:

@@ -11,10 +11,10 @@ import numpy as np
 
 from hubquant.errors import HubquantError, OutputError
 
-HELD_OUT = 4  # calibration windows kept back to measure the choice
-# 12 windows for the Fisher pass: on SmolLM2-135M the choice measured as well as with 28
-# (KL 0.2002 against 0.1998 on held-out text) in 94 s instead of 125 s.
-SAMPLES = 16
+# An LM's default: 16 windows of 256 tokens, 4 held out to measure, so 12 for the Fisher
+# pass: on SmolLM2-135M the choice measured as well as with 28 (KL 0.2002 against 0.1998
+# on held-out text) in 94 s instead of 125 s. An encoder's: 128 windows of 64 tokens
+# (objective.py).
 
 
 def run(
@@ -25,8 +25,8 @@ def run(
     calibration: list[str] | None = None,
     candidates: str | None = None,
     recipe: str | None = None,
-    samples: int = SAMPLES,
-    seq_len: int = 256,
+    samples: int | None = None,
+    seq_len: int | None = None,
     report: str | None = None,
     plot: str | None = None,
     quiet: bool = False,
@@ -69,7 +69,7 @@ def tuned_config(preset: str, budget, files, recipe, say):
 
     _require_jax()
     model, preset = _float_model(preset, say)
-    tokens = _tokens(model, files, SAMPLES, 256, say)
+    tokens = _tokens(model, files, None, None, say)
     _, text, _ = choose(model, budget, tokens, parse_candidates(None), recipe, say, preset)
     return parse_config(text, "the tuned config")
 
@@ -79,22 +79,24 @@ def choose(model, budget, tokens, choices, recipe, say, preset: str, fused: bool
     from hubquant.api import quantize
     from hubquant.config import parse_config
     from hubquant.tune import tune
-    from hubquant.tune.measure import float_log_probs, kl_and_top1
+    from hubquant.tune.objective import objective_for
     from hubquant.tune.picture import choice_table
     from hubquant.tune.writer import config_text
 
-    held = min(HELD_OUT, max(1, len(tokens) // 4)) if len(tokens) > 1 else 0
+    objective = objective_for(model)
+    held = min(objective.held_out, max(1, len(tokens) // 4)) if len(tokens) > 1 else 0
     fit, check = tokens[: len(tokens) - held], tokens[len(tokens) - held :]
-    tuned = tune(model, budget, fit, choices, recipe, report=say, fused=fused)
+    tuned = tune(model, budget, fit, choices, recipe, report=say, fused=fused, objective=objective)
     header = _header(tuned, budget, preset)
     text = config_text(tuned.entries, tuned.choices(), header)
     config = parse_config(text, "the tuned config")
     measured = None
     if held:
-        reference = float_log_probs(model, check)
+        reference = objective.reference(model, check)
         quantize(model, config, recipe)
-        measured = kl_and_top1(model, check, reference)
-        text = config_text(tuned.entries, tuned.choices(), header + _measured_line(measured))
+        measured = objective.measure(model, check, reference)
+        line = f"Measured on held-out calibration windows: {objective.describe(measured)}."
+        text = config_text(tuned.entries, tuned.choices(), [*header, line])
     say(choice_table(tuned.rows()))
     say(_summary(tuned, measured))
     return tuned, text, measured
@@ -106,24 +108,19 @@ def _header(tuned, budget, preset: str) -> list[str]:
         f"Tuned by hubquant tune for {preset}: {budget.text} -> the quantized matrices may",
         f"take {tuned.budget_bytes:,} bytes of their {tuned.float_bytes:,} in float; they take "
         f"{tuned.chosen_bytes:,} ({tuned.chosen_bytes / tuned.float_bytes:.3f}).",
-        f"Predicted KL(float || tuned) per token: {tuned.predicted_kl:.4g} (Fisher estimate).",
+        f"Predicted {tuned.objective.predicted}: {tuned.predicted:.4g} (Fisher estimate).",
         f"Command: {command}",
     ]
-
-
-def _measured_line(measured) -> list[str]:
-    kl, top1 = measured
-    return [f"Measured on held-out calibration windows: KL {kl:.4g}, top-1 agreement {top1:.1%}."]
 
 
 def _summary(tuned, measured) -> str:
     line = (
         f"{tuned.chosen_bytes:,} of {tuned.budget_bytes:,} bytes allowed "
         f"({tuned.chosen_bytes / tuned.float_bytes:.3f} of float); "
-        f"predicted KL {tuned.predicted_kl:.4g}"
+        f"predicted {tuned.objective.predicted} {tuned.predicted:.4g}"
     )
     if measured:
-        line += f", measured KL {measured[0]:.4g}, top-1 {measured[1]:.1%}"
+        line += f"; measured {tuned.objective.describe(measured)}"
     return line
 
 
@@ -135,9 +132,9 @@ def _report_json(tuned, measured) -> str:
             "budget_bytes": tuned.budget_bytes,
             "float_bytes": tuned.float_bytes,
             "chosen_bytes": tuned.chosen_bytes,
-            "predicted_kl": tuned.predicted_kl,
-            "measured_kl": measured[0] if measured else None,
-            "measured_top1": measured[1] if measured else None,
+            "objective": tuned.objective.name,
+            "predicted": tuned.predicted,  # KL per token, or 1 - cosine per window
+            "measured": measured,  # {kl, top1} or {cosine, min_cosine}
             "candidates": [c.name for c in tuned.candidates],
             "layers": tuned.rows(),
         },
@@ -155,21 +152,48 @@ def _float_model(preset: str | None, say):
         if note:
             say(note)
     model = load_source(preset)
-    if getattr(model, "preprocessor", None) is None:
-        raise HubquantError(
-            f"tune needs a causal LM with its tokenizer; preset '{preset}' loads as a bare "
-            f"{type(model).__name__}."
-        )
+    from hubquant.tune.objective import objective_for
+
+    objective_for(model)  # a causal LM or a text encoder, else one clear line
     return model, preset
 
 
-def _tokens(model, files, samples: int, seq_len: int, say) -> np.ndarray:
-    from hubquant.calibrate.calibration import Calibration, calibration_tokens
+def _tokens(model, files, samples: int | None, seq_len: int | None, say) -> np.ndarray:
+    """Calibration windows: as ``apply`` cuts (or generates) them for an LM;
+    framed by the start and end tokens for an encoder, from ``files`` only."""
+    from hubquant.calibrate.calibration import Calibration, calibration_tokens, read_texts
     from hubquant.calibrate.generate import Generate
+    from hubquant.tune.objective import NextToken, encoder_windows, objective_for
 
+    objective = objective_for(model)
+    samples, seq_len = samples or objective.samples, seq_len or objective.seq_len
     generate = Generate(num_samples=samples, seq_len=seq_len)
     cal = Calibration(tuple(files or ()), samples, seq_len, generate=generate)
-    return calibration_tokens(model, cal, report=say)
+    if isinstance(objective, NextToken):
+        return calibration_tokens(model, cal, report=say)
+    if not files:
+        raise HubquantError(
+            "tune on a text encoder needs calibration text: give --calibration FILE "
+            "(an encoder cannot write its own, as a causal LM does)."
+        )
+    from hubquant.text import token_ids
+
+    source = getattr(model, "hubquant_source", None)
+    tokenizer = _encoder_tokenizer(source)
+    ids = token_ids(tokenizer, read_texts(cal), source)
+    return encoder_windows(tokenizer, ids, samples, seq_len)
+
+
+def _encoder_tokenizer(preset):
+    import keras_hub
+
+    try:
+        return keras_hub.models.Tokenizer.from_preset(str(preset))
+    except Exception as e:  # a backbone saved without its tokenizer
+        raise HubquantError(
+            f"tune on a text encoder needs its tokenizer, and preset '{preset}' has none "
+            f"({type(e).__name__})."
+        ) from None
 
 
 def _require_jax() -> None:
@@ -182,8 +206,8 @@ def _require_jax() -> None:
         )
 
 
-def _check_counts(samples: int, seq_len: int) -> None:
-    if samples < 1 or seq_len < 2:
+def _check_counts(samples: int | None, seq_len: int | None) -> None:
+    if (samples is not None and samples < 1) or (seq_len is not None and seq_len < 2):
         raise HubquantError(
             f"--samples must be at least 1 and --seq-len at least 2. "
             f"Received: samples={samples}, seq_len={seq_len}"
