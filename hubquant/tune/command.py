@@ -145,6 +145,7 @@ def _report_json(tuned, measured) -> str:
 def _float_model(preset: str | None, say):
     from hubquant.float_preset import load_source, resolve_preset
     from hubquant.synthetic import DEFAULT_PRESET
+    from hubquant.tune.objective import objective_for
 
     preset = preset or DEFAULT_PRESET
     if preset != DEFAULT_PRESET:
@@ -152,8 +153,6 @@ def _float_model(preset: str | None, say):
         if note:
             say(note)
     model = load_source(preset)
-    from hubquant.tune.objective import objective_for
-
     objective_for(model)  # a causal LM or a text encoder, else one clear line
     return model, preset
 
@@ -161,9 +160,9 @@ def _float_model(preset: str | None, say):
 def _tokens(model, files, samples: int | None, seq_len: int | None, say) -> np.ndarray:
     """Calibration windows: as ``apply`` cuts (or generates) them for an LM;
     framed by the start and end tokens for an encoder, from ``files`` only."""
-    from hubquant.calibrate.calibration import Calibration, calibration_tokens, read_texts
+    from hubquant.calibrate.calibration import Calibration, calibration_tokens
     from hubquant.calibrate.generate import Generate
-    from hubquant.tune.objective import NextToken, encoder_windows, objective_for
+    from hubquant.tune.objective import NextToken, objective_for
 
     objective = objective_for(model)
     samples, seq_len = samples or objective.samples, seq_len or objective.seq_len
@@ -171,17 +170,23 @@ def _tokens(model, files, samples: int | None, seq_len: int | None, say) -> np.n
     cal = Calibration(tuple(files or ()), samples, seq_len, generate=generate)
     if isinstance(objective, NextToken):
         return calibration_tokens(model, cal, report=say)
-    if not files:
+    return _encoder_tokens(model, cal)
+
+
+def _encoder_tokens(model, cal) -> np.ndarray:
+    from hubquant.calibrate.calibration import read_texts
+    from hubquant.text import token_ids
+    from hubquant.tune.objective import encoder_windows
+
+    if not cal.files:
         raise HubquantError(
             "tune on a text encoder needs calibration text: give --calibration FILE "
             "(an encoder cannot write its own, as a causal LM does)."
         )
-    from hubquant.text import token_ids
-
     source = getattr(model, "hubquant_source", None)
     tokenizer = _encoder_tokenizer(source)
     ids = token_ids(tokenizer, read_texts(cal), source)
-    return encoder_windows(tokenizer, ids, samples, seq_len)
+    return encoder_windows(tokenizer, ids, cal.num_samples, cal.seq_len)
 
 
 def _encoder_tokenizer(preset):
