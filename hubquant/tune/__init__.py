@@ -3,8 +3,8 @@
 Each planned matrix may take any candidate (``none``, ``int8``, ``int4`` in
 several group sizes); the damage of each choice is estimated from the Fisher
 diagonal on calibration text (fisher.py, damage.py) of what the model is used
-for (objective.py: an LM's next-token distribution, an encoder's embedding) and the least total damage
-that fits the budget is chosen (allocate.py). The result is an ordinary config
+for (objective.py: an LM's next-token distribution, an encoder's embedding),
+and the least total damage that fits the budget is chosen (allocate.py). The result is an ordinary config
 (writer.py) that ``hubquant apply`` uses like any other.
 """
 
@@ -37,7 +37,7 @@ class Tuned:
     chosen: np.ndarray  # [layers]: candidate index
     budget_bytes: int  # for the planned matrices
     float_bytes: int  # the planned matrices in float
-    objective: object = None  # objective.NextToken or Embedding
+    objective: object  # objective.NextToken or Embedding
 
     @property
     def predicted(self) -> float:
@@ -80,9 +80,9 @@ def tune(
 ) -> Tuned:
     """Choose a candidate per planned matrix of the float ``model`` (a causal
     LM, or an encoder backbone) so that the estimated damage to its outputs
-    (``objective``; by default the one ``objective_for`` picks) is least within
-    ``budget``; ``tokens`` ``[windows, seq_len]``: calibration text. ``fused``: layers of
-    a block that read the same input (the recipe's ``input_norm``: q/k/v,
+    (``objective``; by default the one ``objective_for`` picks) is least
+    within ``budget``; ``tokens`` ``[windows, seq_len]``: calibration text.
+    ``fused``: layers of a block that read the same input (the recipe's ``input_norm``: q/k/v,
     gate/up) take one candidate, as serving engines fuse them."""
     from hubquant.paths import backbone_of
     from hubquant.tune.allocate import allocate, check_reachable

@@ -11,11 +11,6 @@ import numpy as np
 
 from hubquant.errors import HubquantError, OutputError
 
-# An LM's default: 16 windows of 256 tokens, 4 held out to measure, so 12 for the Fisher
-# pass: on SmolLM2-135M the choice measured as well as with 28 (KL 0.2002 against 0.1998
-# on held-out text) in 94 s instead of 125 s. An encoder's: 128 windows of 64 tokens
-# (objective.py).
-
 
 def run(
     preset: str | None,
@@ -48,9 +43,11 @@ def run(
         from hubquant.tune.picture import check_plot
 
         check_plot(plot)
-    model, preset = _float_model(preset, say)
-    tokens = _tokens(model, calibration, samples, seq_len, say)
-    tuned, text, measured = choose(model, budget, tokens, choices, recipe, say, preset, fused)
+    model, preset, objective = _float_model(preset, say)
+    tokens = _tokens(model, objective, calibration, samples, seq_len, say)
+    tuned, text, measured = choose(
+        model, objective, budget, tokens, choices, recipe, say, preset, fused
+    )
     _write(target, text)
     if report:
         _write(Path(report), _report_json(tuned, measured))
@@ -68,22 +65,23 @@ def tuned_config(preset: str, budget, files, recipe, say):
     from hubquant.tune.candidates import parse_candidates
 
     _require_jax()
-    model, preset = _float_model(preset, say)
-    tokens = _tokens(model, files, None, None, say)
-    _, text, _ = choose(model, budget, tokens, parse_candidates(None), recipe, say, preset)
+    model, preset, objective = _float_model(preset, say)
+    tokens = _tokens(model, objective, files, None, None, say)
+    choices = parse_candidates(None)
+    _, text, _ = choose(model, objective, budget, tokens, choices, recipe, say, preset)
     return parse_config(text, "the tuned config")
 
 
-def choose(model, budget, tokens, choices, recipe, say, preset: str, fused: bool = False):
+def choose(
+    model, objective, budget, tokens, choices, recipe, say, preset: str, fused: bool = False
+):
     """Tune on all but the last windows, measure on those; the config text."""
     from hubquant.api import quantize
     from hubquant.config import parse_config
     from hubquant.tune import tune
-    from hubquant.tune.objective import objective_for
     from hubquant.tune.picture import choice_table
     from hubquant.tune.writer import config_text
 
-    objective = objective_for(model)
     held = min(objective.held_out, max(1, len(tokens) // 4)) if len(tokens) > 1 else 0
     fit, check = tokens[: len(tokens) - held], tokens[len(tokens) - held :]
     tuned = tune(model, budget, fit, choices, recipe, report=say, fused=fused, objective=objective)
@@ -153,18 +151,16 @@ def _float_model(preset: str | None, say):
         if note:
             say(note)
     model = load_source(preset)
-    objective_for(model)  # a causal LM or a text encoder, else one clear line
-    return model, preset
+    return model, preset, objective_for(model)  # an LM or a text encoder, else one line
 
 
-def _tokens(model, files, samples: int | None, seq_len: int | None, say) -> np.ndarray:
+def _tokens(model, objective, files, samples: int | None, seq_len: int | None, say):
     """Calibration windows: as ``apply`` cuts (or generates) them for an LM;
     framed by the start and end tokens for an encoder, from ``files`` only."""
     from hubquant.calibrate.calibration import Calibration, calibration_tokens
     from hubquant.calibrate.generate import Generate
-    from hubquant.tune.objective import NextToken, objective_for
+    from hubquant.tune.objective import NextToken
 
-    objective = objective_for(model)
     samples, seq_len = samples or objective.samples, seq_len or objective.seq_len
     generate = Generate(num_samples=samples, seq_len=seq_len)
     cal = Calibration(tuple(files or ()), samples, seq_len, generate=generate)
