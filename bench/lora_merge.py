@@ -2,12 +2,17 @@
 against quantizing the merged float model afresh with the same config.
 
     python bench/lora_merge.py FOLDER --text EVAL.txt [--calibration CAL.txt]
-        [--configs int4,int8] [--rank 8]
+        [--configs int4,int8] [--rank 8] [--seeds 3]
 
 The quantized model is streamed from FOLDER, adapters go on KerasHub's default
 targets with B drawn at each ``--b-std``, and the reference is the float model
-with each adapter's kernel added to its own. With ``--calibration`` (a text
-other than the evaluation text) a second column merges with calibration
+with each adapter's kernel added to its own. A fresh quantization's KL moves by
+several percent from one adapter to the next (its rounding errors land
+elsewhere), so each row draws ``--seeds`` adapters and compares mean KLs.
+``adapted`` is the model before merging (quantized product plus ``x A B``): it
+keeps the first rounding's error, which no merge without the float weights can
+undo, so it is the floor of ``merged``. With ``--calibration`` (a text other
+than the evaluation text) a last column merges with calibration
 (``merge_lora(model, calibration=...)``: codes chosen on each layer's grid by
 GPTQ's sweep).
 """
@@ -15,6 +20,7 @@ GPTQ's sweep).
 from __future__ import annotations
 
 import argparse
+import zlib
 
 import keras
 import keras_hub
@@ -39,21 +45,21 @@ def _kl(p, q) -> float:
     return float(np.mean(np.sum(np.exp(p) * (p - q), -1)))
 
 
-def _adapted(folder: str, config: str, rank: int, b_std: float):
+def _adapted(folder: str, config: str, rank: int, b_std: float, seed: int):
     """The quantized model with adapters (B drawn per layer, seeded by its path)."""
     lm, _ = hubquant.prepare(folder, config).quantize()
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     lm.backbone.enable_lora(rank)
     for attr in lm.backbone.hubquant_plan.layers():
         layer = layer_at(lm.backbone, attr)
         if getattr(layer, "lora_enabled", False):
-            rng = np.random.default_rng(len(attr))
+            rng = np.random.default_rng((seed, zlib.crc32(attr.encode())))
             layer.lora_kernel_b.assign(rng.normal(0, b_std, layer.lora_kernel_b.shape))
     return lm
 
 
-def one_row(folder: str, config: str, x: dict, rank: int, b_std: float, calibration) -> dict:
-    lm = _adapted(folder, config, rank, b_std)
+def one_row(folder, config, x, rank, b_std, calibration, seed) -> dict:
+    lm = _adapted(folder, config, rank, b_std, seed)
     reference = keras_hub.models.CausalLM.from_preset(folder)
     for attr in lm.backbone.hubquant_plan.layers():
         layer = layer_at(lm.backbone, attr)
@@ -61,10 +67,11 @@ def one_row(folder: str, config: str, x: dict, rank: int, b_std: float, calibrat
             target = layer_at(reference.backbone, attr)
             target._kernel.assign(target._kernel + layer.lora_delta())
     want = _logits(reference, x)
+    row = {"adapted": _kl(want, _logits(lm, x))}  # before merging: the floor of a merge
     hubquant.merge_lora(lm)
-    row = {"merged": _kl(want, _logits(lm, x))}
+    row["merged"] = _kl(want, _logits(lm, x))
     if calibration is not None:
-        lm = _adapted(folder, config, rank, b_std)
+        lm = _adapted(folder, config, rank, b_std, seed)
         hubquant.merge_lora(lm, calibration=calibration)
         row["calibrated"] = _kl(want, _logits(lm, x))
     hubquant.quantize(reference, config)
@@ -88,6 +95,7 @@ def main() -> None:
     parser.add_argument("--b-std", default="0.002,0.01")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seeds", type=int, default=3, help="adapters drawn per row")
     args = parser.parse_args()
     tokenizer = keras_hub.models.CausalLM.from_preset(args.folder).preprocessor.tokenizer
     ids = _windows(tokenizer, args.folder, args.text, args.windows, args.seq_len)
@@ -95,15 +103,29 @@ def main() -> None:
     calibration = None
     if args.calibration:
         calibration = _windows(tokenizer, args.folder, args.calibration, 32, 256)
-    print(f"{'config':8s} {'B std':>7s} {'KL fresh':>10s} {'merged':>16s} {'calibrated':>16s}")
+    print(
+        f"{'config':8s} {'B std':>7s} {'KL fresh':>10s} {'adapted':>16s} {'merged':>16s} "
+        f"{'calibrated':>16s}"
+    )
     for config in args.configs.split(","):
         for b_std in (float(s) for s in args.b_std.split(",")):
-            r = one_row(args.folder, config, x, args.rank, b_std, calibration)
+            rows = [
+                one_row(args.folder, config, x, args.rank, b_std, calibration, seed)
+                for seed in range(args.seeds)
+            ]
+            r = {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
             cells = [
                 f"{r[k]:8.4f} ({r[k] / r['fresh']:.3f}x)" if k in r else f"{'-':>16s}"
-                for k in ("merged", "calibrated")
+                for k in ("adapted", "merged", "calibrated")
             ]
-            print(f"{config:8s} {b_std:7.3f} {r['fresh']:10.4f} {cells[0]} {cells[1]}", flush=True)
+            spread = " ".join(
+                f"{k} {min(ratios):.3f}-{max(ratios):.3f}x"
+                for k in ("merged", "calibrated")
+                if k in r
+                for ratios in [[row[k] / row["fresh"] for row in rows]]
+            )
+            line = f"{config:8s} {b_std:7.3f} {r['fresh']:10.4f} {' '.join(cells)}"
+            print(f"{line}  per adapter: {spread}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Every matrix is handled in hubquant's canonical orientation ``[out, in]``
 (``N`` output channels, ``K`` reduction length), with groups running along the
-reduction axis. Scales are multipliers: ``w ~ (q - zero) * scale``.
+reduction axis. Scales are multipliers: ``w ~ (q - zero) * scale``. int4 also
+reads a kernel as Keras stores it, ``[K, N]`` (``Columns``), and quantizes it
+in that layout, so no transposed float32 copy is made.
 See docs/format.md for the storage conventions.
 
 The work is a handful of fused array operations compiled with JAX, applied to
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 # Clipping ratios searched per int4 group: 1.0 is plain min/max. The winner has
 # the lowest *weighted* squared error, each weight counting by its magnitude
@@ -76,10 +79,34 @@ class RowReader:
         return rows
 
 
+class Columns:
+    """An ``[N, K]`` matrix held as its transpose ``[K, N]``, as Keras stores a
+    Dense kernel, read a block of ``K`` rows at a time in any float dtype.
+
+    int4 quantizes it in that layout (each group runs down a column), so no
+    transposed float32 copy of the matrix is ever made; other modes read it
+    through ``as_rows``. ``shape`` is the matrix's ``[N, K]``.
+    """
+
+    def __init__(self, shape: tuple[int, int], read):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._read = read  # read(start, stop) -> rows start..stop of [K, N]
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._read(start, stop))
+
+    @classmethod
+    def of(cls, transposed) -> Columns:
+        """Over an array ``[K, N]``."""
+        return cls((transposed.shape[1], transposed.shape[0]), lambda a, b: transposed[a:b])
+
+
 def as_rows(w) -> RowReader:
     """A reader over an array (or a reader, unchanged)."""
     if isinstance(w, RowReader):
         return w
+    if isinstance(w, Columns):
+        w = w(0, w.shape[1]).T  # each block of rows becomes float32 as it is read
     w = np.asarray(w)
     return RowReader(w.shape, lambda start, stop: w[start:stop])
 
@@ -125,6 +152,8 @@ def quantize_int4(w, group_size: int = 128, symmetric: bool = False) -> Quantize
     groups (at least one row), each padded to that compiled shape. A group
     size above ``K`` is one group of ``K``.
     """
+    if isinstance(w, Columns):
+        return _int4_columns(w, group_size, symmetric)
     rows = as_rows(w)
     n, k = rows.shape
     gs = k if group_size == -1 else min(group_size, k)
@@ -150,6 +179,89 @@ def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int):
     flat[: r * g].reshape(r, g * gs)[:, :k] = w
     codes, scale, zero = (np.asarray(p)[: r * g] for p in fn(jnp.asarray(flat), np.float32(1)))
     return codes.reshape(r, g * gs)[:, :k], scale.reshape(r, g), zero.reshape(r, g)
+
+
+def _int4_columns(cols: Columns, group_size: int, symmetric: bool) -> QuantizedMatrix:
+    """``quantize_int4`` of a matrix held as ``[K, N]``: the same rule without a
+    float copy of the matrix (the errors of two clip ratios equal to float
+    rounding can tie-break the other way: 14 of 15.4M groups of the
+    Gemma-2B-shaped preset took the neighbouring ratio). Each block of rows is laid
+    out as one ``[gs, groups * N]`` array (group after group, a cheap copy of
+    whole rows) and cut into ``[gs, _CHUNK_GROUPS]`` slabs, so every matrix
+    of a group size runs one compiled shape; each slab is converted to
+    float32, quantized, packed (two codes a byte down the rows) and
+    transposed in that call. A block's slabs are all dispatched before any
+    result is read back."""
+    n, k = cols.shape
+    gs = k if group_size == -1 else min(group_size, k)
+    g, half = num_groups(k, gs), 2 if gs % 2 == 0 else 1
+    codes = np.empty((g * n, gs // half), np.int8)  # row: group * N + output channel
+    scale, zero = np.empty(g * n, np.float32), np.empty(g * n, np.int8)
+    step = gs * max(1, _CHUNK_ELEMENTS // (gs * n))
+    for start in range(0, k, step):
+        flat = _group_major(cols(start, min(k, start + step)), gs)
+        first, width = start // gs * n, flat.shape[1]
+        outs = [
+            (c, _column_slab(flat[:, c : c + _CHUNK_GROUPS], symmetric, half == 2, gs))
+            for c in range(0, width, _CHUNK_GROUPS)
+        ]
+        for c, out in outs:
+            q, s, z, finite = (np.asarray(part) for part in out)
+            if not finite:
+                raise _first_non_finite(cols)
+            rows = slice(first + c, first + min(width, c + _CHUNK_GROUPS))
+            used = rows.stop - rows.start
+            codes[rows], scale[rows], zero[rows] = q[:used], s[:used], z[:used]
+    codes = codes.reshape(g, n, -1).transpose(1, 0, 2).reshape(n, -1)  # [N, G * gs / half]
+    if half == 2:
+        codes = np.ascontiguousarray(codes[:, : -(-k // 2)])
+        if k % 2:
+            codes[:, -1] &= 0x0F  # the odd last code's partner is 0, as pack_int4 pads
+    else:
+        codes = pack_int4(codes[:, :k])
+    zero = None if symmetric else np.ascontiguousarray(zero.reshape(g, n).T)
+    return QuantizedMatrix(codes, np.ascontiguousarray(scale.reshape(g, n).T), zero)
+
+
+def _group_major(block: np.ndarray, gs: int) -> np.ndarray:
+    """Rows ``[m * gs, N]`` (the last group zero-padded) as ``[gs, m * N]``."""
+    m = -(-len(block) // gs)
+    if len(block) != m * gs:
+        block = np.concatenate(
+            [block, np.zeros((m * gs - len(block), block.shape[1]), block.dtype)]
+        )
+    return block.reshape(m, gs, -1).transpose(1, 0, 2).reshape(gs, -1)
+
+
+def _column_slab(slab: np.ndarray, symmetric: bool, pack: bool, gs: int):
+    """One ``[gs, _CHUNK_GROUPS]`` slab (zero-padded to it) through ``_columns_chunk``."""
+    if slab.shape[1] != _CHUNK_GROUPS:
+        padded = np.zeros((gs, _CHUNK_GROUPS), slab.dtype)
+        padded[:, : slab.shape[1]] = slab
+        slab = padded
+    return _columns_chunk(np.ascontiguousarray(slab), symmetric, pack, CLIP_RATIOS)
+
+
+@functools.partial(jax.jit, static_argnames=("symmetric", "pack", "ratios"))
+def _columns_chunk(w, symmetric: bool, pack: bool, ratios: tuple[float, ...]):
+    """``_grid_chunk`` for groups running down the columns of ``w`` ``[gs, M]``
+    (any float dtype): codes ``[M, gs]`` (``[M, gs / 2]`` packed two to a
+    byte when ``pack``), scales, zero points, and whether every value was
+    finite."""
+    w = w.astype(jnp.float32)
+    codes, scale, zero = _best_candidate(w, 1.0, symmetric, 4, ratios, axis=0)
+    if pack:
+        codes = (codes[0::2].astype(jnp.uint8) & 0x0F) | (codes[1::2].astype(jnp.uint8) << 4)
+        codes = lax.bitcast_convert_type(codes, jnp.int8)
+    return codes.T, scale, zero, jnp.all(jnp.isfinite(w))
+
+
+def _first_non_finite(cols: Columns) -> NonFiniteWeights:
+    """The first non-finite value in ``[N, K]`` order, as ``RowReader`` names it."""
+    values = cols(0, cols.shape[1])
+    bad = np.argwhere(~np.isfinite(np.asarray(values, np.float32)))
+    k, n = bad[np.lexsort((bad[:, 0], bad[:, 1]))[0]]
+    return NonFiniteWeights(int(n), int(k), float(values[k, n]))
 
 
 def requantize_on_grid(w, mode: str, group_size: int, kept: QuantizedMatrix) -> QuantizedMatrix:
@@ -245,22 +357,24 @@ def _grid_chunk(w, channel, symmetric: bool, bits: int, ratios: tuple[float, ...
     return codes.reshape(shape), scale.reshape(shape[:-1]), zero.reshape(shape[:-1])
 
 
-def _best_candidate(w, channel, symmetric: bool, bits: int, ratios: tuple[float, ...]):
-    peak = jnp.max(jnp.abs(w), axis=-1)
+def _best_candidate(w, channel, symmetric: bool, bits: int, ratios: tuple[float, ...], axis=-1):
+    """Codes, scales and zero points of the groups of ``w``, each running along
+    ``axis`` (-1: a group per row; 0: a group per column)."""
+    peak = jnp.max(jnp.abs(w), axis=axis)
     unit = jnp.exp2(jnp.maximum(jnp.floor(jnp.log2(jnp.maximum(peak, 1.0))) - 32, 0.0))
-    w = w / unit[..., None]
+    w = w / jnp.expand_dims(unit, axis)
     magnitude = jnp.abs(w)
-    weights = channel * (magnitude + jnp.mean(magnitude, axis=-1, keepdims=True))
-    best = _search(w, weights, jnp.asarray(ratios, w.dtype), symmetric, bits)
-    codes, scale, zero, _ = _candidate(w, weights, best, symmetric, bits)
+    weights = channel * (magnitude + jnp.mean(magnitude, axis=axis, keepdims=True))
+    best = _search(w, weights, jnp.asarray(ratios, w.dtype), symmetric, bits, axis)
+    codes, scale, zero, _ = _candidate(w, weights, best, symmetric, bits, axis)
     return codes.astype(jnp.int8), scale * unit, zero.astype(jnp.int8)
 
 
-def _search(w, weights, ratios, symmetric: bool, bits: int):
+def _search(w, weights, ratios, symmetric: bool, bits: int, axis=-1):
     """Each group's best ratio, coarse to fine: every ``_STRIDE``-th ratio
     first, then the ratios within ``_STRIDE // 2`` places of the best of those.
     Of equal errors the earlier candidate (plain min/max first) wins."""
-    error = _errors_in_steps(w, weights, symmetric, bits)
+    error = _errors_in_steps(w, weights, symmetric, bits, axis)
     coarse = np.arange(0, ratios.shape[0], _STRIDE)
     errors = jnp.stack([error(ratios[i]) for i in coarse])
     centre = jnp.asarray(coarse)[jnp.argmin(errors, axis=0)]
@@ -271,27 +385,27 @@ def _search(w, weights, ratios, symmetric: bool, bits: int):
     return ratios[jnp.take_along_axis(tried, jnp.argmin(errors, axis=0)[None], 0)[0]]
 
 
-def _errors_in_steps(w, weights, symmetric: bool, bits: int):
+def _errors_in_steps(w, weights, symmetric: bool, bits: int, axis=-1):
     """``error(ratio)``: each group's weighted squared error at a clipping
     ratio (a number or one per group), in units of its unclipped step (the
     same order as ``_candidate``'s errors within a group: the ratio scales the
     step, and with it the zero point's position, exactly). One fused
     reduction per call: the values in steps are computed once."""
     top = 2 ** (bits - 1) - 1
-    _, step, zero, _ = _candidate(w, 0.0, 1.0, symmetric, bits)
-    steps, zero = w / step[:, None], zero[:, None]
+    _, step, zero, _ = _candidate(w, 0.0, 1.0, symmetric, bits, axis)
+    steps, zero = w / jnp.expand_dims(step, axis), jnp.expand_dims(zero, axis)
 
     def error(ratio):
-        ratio = jnp.reshape(ratio, (-1, 1))
+        ratio = jnp.expand_dims(jnp.reshape(ratio, (-1,)), axis)
         q = jnp.clip(jnp.round(steps / ratio) + zero, -top - 1, top) - zero
-        return jnp.sum(weights * jnp.square(q * ratio - steps), axis=-1)
+        return jnp.sum(weights * jnp.square(q * ratio - steps), axis=axis)
 
     return error
 
 
-def _candidate(w, weights, ratio, symmetric: bool, bits: int):
+def _candidate(w, weights, ratio, symmetric: bool, bits: int, axis=-1):
     """Codes, scale, zero and weighted squared error for one clipping ratio
-    (a number, or one per group).
+    (a number, or one per group), groups along ``axis``.
 
     Symmetric codes span [-(2^(b-1) - 1), 2^(b-1) - 1] (int4 also uses -8);
     asymmetric ones [-2^(b-1), 2^(b-1) - 1] around an integer zero point.
@@ -299,16 +413,18 @@ def _candidate(w, weights, ratio, symmetric: bool, bits: int):
     top = 2 ** (bits - 1) - 1
     low = -top - 1 if bits == 4 else -top
     if symmetric:
-        absmax = jnp.max(jnp.abs(w), axis=-1) * ratio
+        absmax = jnp.max(jnp.abs(w), axis=axis) * ratio
         scale = jnp.where(absmax > 0, absmax / top, 1.0)
         zero = jnp.zeros_like(scale)
-        q = jnp.clip(jnp.round(w / scale[..., None]), low, top)
+        q = jnp.clip(jnp.round(w / jnp.expand_dims(scale, axis)), low, top)
     else:
-        lo = jnp.minimum(jnp.min(w, axis=-1), 0.0) * ratio
-        hi = jnp.maximum(jnp.max(w, axis=-1), 0.0) * ratio
+        lo = jnp.minimum(jnp.min(w, axis=axis), 0.0) * ratio
+        hi = jnp.maximum(jnp.max(w, axis=axis), 0.0) * ratio
         levels = 2**bits - 1
         scale = jnp.where(hi > lo, (hi - lo) / levels, 1.0)
         zero = jnp.clip(jnp.round(-lo / scale), 0, levels) - (top + 1)
-        q = jnp.clip(jnp.round(w / scale[..., None]) + zero[..., None], -top - 1, top)
-    err = jnp.sum(weights * jnp.square((q - zero[..., None]) * scale[..., None] - w), axis=-1)
+        q = jnp.round(w / jnp.expand_dims(scale, axis)) + jnp.expand_dims(zero, axis)
+        q = jnp.clip(q, -top - 1, top)
+    rebuilt = (q - jnp.expand_dims(zero, axis)) * jnp.expand_dims(scale, axis)
+    err = jnp.sum(weights * jnp.square(rebuilt - w), axis=axis)
     return q, scale, zero, err

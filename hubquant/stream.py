@@ -35,7 +35,7 @@ from hubquant.layers.base import FloatMatrix
 from hubquant.paths import backbone_of, layer_at
 from hubquant.plan import Plan
 from hubquant.planning import plan_for
-from hubquant.quantizers import RowReader
+from hubquant.quantizers import Columns, RowReader
 from hubquant.synthetic import DEFAULT_PRESET, default_preset
 
 # A float value at most this large is read whole; larger ones by rows.
@@ -295,11 +295,17 @@ def _stream_keras(
 
 
 def read_matrix(store, key: str, fm: FloatMatrix):
-    """The float ``[N, K]`` matrix under ``key``: whole, or rows on demand."""
+    """The float ``[N, K]`` matrix under ``key``: whole, or rows on demand; as
+    ``Columns`` (blocks of stored rows, in the stored dtype) where ``fm`` takes
+    them and the value is stored ``[K, N]``."""
     dataset = _dataset(store, key)
     small = dataset is None or dataset.ndim != 2 or dataset.nbytes <= WHOLE_BYTES
+    if fm.to_columns is not None and not small and fm.row_axis == 1:
+        shape = (dataset.shape[1], dataset.shape[0])
+        return Columns(shape, lambda start, stop: _as_saved(dataset[start:stop], dataset))
     if small or fm.row_axis is None:
-        return fm.to_matrix(store[key])
+        value = store[key]
+        return fm.to_matrix(value) if fm.to_columns is None else fm.to_columns(value)
 
     def read(start: int, stop: int) -> np.ndarray:
         part = dataset[start:stop] if fm.row_axis == 0 else dataset[:, start:stop]

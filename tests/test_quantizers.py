@@ -110,3 +110,30 @@ def test_int4_sqnr_bound():
     assert sqnr >= 15.0
     d8 = Q.dequantize(Q.quantize_int8(w), 512)
     assert 10 * np.log10((w**2).sum() / ((w - d8) ** 2).sum()) >= 30.0
+
+
+@pytest.mark.parametrize(
+    "shape, group_size",
+    [((300, 576), 128), ((65, 1001), 32), ((40, 130), -1), ((3, 7), 3), ((2100, 256), 64)],
+)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_from_the_stored_transpose_is_bitwise_the_same(shape, group_size, symmetric):
+    """A Dense kernel stored [K, N] (here in bfloat16, as presets hold it) is
+    quantized without a transposed float copy: same codes, scales and zero points
+    as quantizing the [N, K] matrix, for partial groups, odd K and N past one slab."""
+    import ml_dtypes
+
+    w = trained_like(*shape).astype(ml_dtypes.bfloat16)
+    rows = Q.quantize_int4(w.astype(np.float32), group_size, symmetric)
+    columns = Q.quantize_int4(Q.Columns.of(np.ascontiguousarray(w.T)), group_size, symmetric)
+    for got, want in zip(columns.__dict__.values(), rows.__dict__.values(), strict=True):
+        assert (got is None and want is None) or (
+            got.dtype == want.dtype and np.array_equal(got, want)
+        )
+
+
+def test_int4_from_the_stored_transpose_names_the_first_non_finite_value():
+    w = trained_like(40, 70)
+    w[13, 5], w[2, 50] = np.nan, np.inf
+    with pytest.raises(Q.NonFiniteWeights, match=r"^row 2, column 50 holds inf$"):
+        Q.quantize_int4(Q.Columns.of(np.ascontiguousarray(w.T)), 32, False)

@@ -58,6 +58,30 @@ def test_large_values_read_by_rows(float_presets, monkeypatch):
     _assert_same(model, _reference(float_presets["llama3"], "int4"))
 
 
+@pytest.mark.parametrize("whole_bytes", [None, 0])
+def test_int4_kernels_are_quantized_as_stored(float_presets, monkeypatch, whole_bytes):
+    """Every int4 kernel is quantized from its stored [K, N] layout (no
+    transposed float32 copy, the bulk of apply's time before), whether it is
+    read whole or a block of rows at a time, streamed or in memory."""
+    if whole_bytes is not None:
+        monkeypatch.setattr(stream, "WHOLE_BYTES", whole_bytes)
+    seen = []
+    original = quantizers._int4_columns
+    monkeypatch.setattr(
+        quantizers, "_int4_columns", lambda c, *a: seen.append(c.shape) or original(c, *a)
+    )
+    for family in ("gemma", "llama3"):
+        model, plan = stream.stream_quantize(str(float_presets[family]), "int4")
+        kernels = sorted(
+            e.shape for e in plan.quantized if e.mode == "int4" and e.matrix == "kernel"
+        )
+        assert kernels and sorted(seen) == kernels
+        seen.clear()
+        _assert_same(model, _reference(float_presets[family], "int4"))
+        assert sorted(seen) == kernels
+        seen.clear()
+
+
 @pytest.fixture(scope="module")
 def bf16_preset(tmp_path_factory):
     path = tmp_path_factory.mktemp("bf16") / "gemma"

@@ -78,12 +78,15 @@ class FloatMatrix:
     ``to_matrix`` turns the float value as stored (Keras layout) into the
     float32 ``[N, K]`` matrix. For a 2-D value, ``row_axis`` is the stored
     axis that indexes ``N``, so a large value can be read a block of rows at
-    a time.
+    a time. ``to_columns``, where given, turns it into ``quantizers.Columns``
+    (the matrix laid out ``[K, N]``, as a kernel is stored): int4 quantizes
+    that without a transposed float32 copy.
     """
 
     attr: str
     to_matrix: Callable[[object], np.ndarray]
     row_axis: int | None = None
+    to_columns: Callable[[object], object] | None = None
 
 
 class QuantizedLayerMixin:
@@ -126,7 +129,7 @@ class QuantizedLayerMixin:
                 fm = floats[name]
                 matrix = values.get(name)
                 if matrix is None:
-                    matrix = _quantize(fm.to_matrix(getattr(self, fm.attr)), spec, self.path)
+                    matrix = _quantize(_source(fm, getattr(self, fm.attr), spec), spec, self.path)
                 input_scale = values.get(f"{name}_input_scale")
                 spec = _with_input_scale(spec, input_scale)
                 self.hubquant_specs[name] = spec
@@ -250,8 +253,9 @@ class QuantizedLayerMixin:
             elif mode is None:
                 values[name] = read(store, key, floats[name])
             else:
-                rows = read(store, key, floats[name])
                 spec = self.hubquant_specs[name]
+                fm = floats[name] if spec.mode == "int4" else replace(floats[name], to_columns=None)
+                rows = read(store, key, fm)
                 if tuple(rows.shape) != (spec.n, spec.k):
                     self.hubquant_misfit = (
                         f"layer '{self.path}': the weights file holds its {name} as "
@@ -364,6 +368,14 @@ def source_dtype_of(layer) -> str:
     if isinstance(policy, DTypePolicyMap):
         policy = policy[layer.path]
     return float_policy_name(policy)
+
+
+def _source(fm: FloatMatrix, value, spec: MatrixSpec):
+    """What ``_quantize`` reads: int4 takes a kernel stored ``[K, N]`` as it
+    is (``Columns``), everything else the ``[N, K]`` matrix."""
+    if spec.mode == "int4" and fm.to_columns is not None:
+        return fm.to_columns(value)
+    return fm.to_matrix(value)
 
 
 def _quantize(matrix, spec: MatrixSpec, path: str) -> quantizers.QuantizedMatrix:

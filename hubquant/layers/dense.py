@@ -19,7 +19,7 @@ class _QuantProjection(QuantizedLayerMixin):
     def _float_matrices(self):
         layout = self.layout
         rows = layout.output_axes[0] if len(layout.shape) == 2 else None
-        return {"kernel": FloatMatrix("_kernel", layout.to_matrix, rows)}
+        return {"kernel": FloatMatrix("_kernel", layout.to_matrix, rows, layout.to_columns)}
 
     @property
     def kernel(self):

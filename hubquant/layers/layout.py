@@ -15,6 +15,7 @@ import numpy as np
 from keras import ops
 
 from hubquant.layers.sharding import to_host
+from hubquant.quantizers import Columns
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,15 @@ class KernelLayout:
         perm = self.output_axes + self.reduce_axes
         kernel = np.transpose(to_host(kernel), perm)
         return np.ascontiguousarray(kernel, dtype=np.float32).reshape(self.n, self.k)
+
+    def to_columns(self, kernel) -> Columns:
+        """The ``[N, K]`` matrix as ``Columns`` over the kernel laid out
+        ``[K, N]`` in its stored dtype: a reshape, no copy, where every
+        reduction axis is stored before every output axis (a Dense kernel),
+        else one copy in that dtype (Gemma's ``[heads, hidden, head_dim]``)."""
+        kernel = kernel if isinstance(kernel, np.ndarray) else to_host(kernel)  # read: no copy
+        kernel = np.transpose(kernel, self.reduce_axes + self.output_axes)
+        return Columns.of(np.reshape(kernel, (self.k, self.n)))
 
     def from_matrix(self, matrix):
         """Kernel in Keras layout from an ``[N, K]`` tensor (backend ops)."""
