@@ -127,8 +127,9 @@ def quantize_int8(w) -> QuantizedMatrix:
     rows = as_rows(w)
     n, k = rows.shape
     step = max(1, _CHUNK_ELEMENTS // max(1, k))
-    parts = [_int8_rows(rows(i, min(n, i + step))) for i in range(0, n, step)]
-    codes, scale = (np.concatenate(p) for p in zip(*parts, strict=True))
+    codes, scale = np.empty((n, k), np.int8), np.empty(n, np.float32)
+    for i in range(0, n, step):
+        codes[i : i + step], scale[i : i + step] = _int8_rows(rows(i, min(n, i + step)))
     return QuantizedMatrix(codes, scale, None)
 
 
