@@ -304,8 +304,7 @@ def read_matrix(store, key: str, fm: FloatMatrix):
         shape = (dataset.shape[1], dataset.shape[0])
         return Columns(shape, lambda start, stop: _as_saved(dataset[start:stop], dataset))
     if small or fm.row_axis is None:
-        value = store[key]
-        return fm.to_matrix(value) if fm.to_columns is None else fm.to_columns(value)
+        return fm.read(store[key])
 
     def read(start: int, stop: int) -> np.ndarray:
         part = dataset[start:stop] if fm.row_axis == 0 else dataset[:, start:stop]

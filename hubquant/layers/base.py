@@ -88,6 +88,15 @@ class FloatMatrix:
     row_axis: int | None = None
     to_columns: Callable[[object], object] | None = None
 
+    def read(self, value):
+        """What a quantizer reads from ``value``: ``Columns`` where this takes
+        them, else the ``[N, K]`` matrix."""
+        return self.to_matrix(value) if self.to_columns is None else self.to_columns(value)
+
+    def for_mode(self, mode: str) -> FloatMatrix:
+        """Only int4 quantizes ``Columns``; other modes read ``[N, K]`` rows."""
+        return self if mode == "int4" else replace(self, to_columns=None)
+
 
 class QuantizedLayerMixin:
     """Hook plumbing shared by hubquant's Dense, EinsumDense and embeddings.
@@ -129,7 +138,8 @@ class QuantizedLayerMixin:
                 fm = floats[name]
                 matrix = values.get(name)
                 if matrix is None:
-                    matrix = _quantize(_source(fm, getattr(self, fm.attr), spec), spec, self.path)
+                    matrix = fm.for_mode(spec.mode).read(getattr(self, fm.attr))
+                    matrix = _quantize(matrix, spec, self.path)
                 input_scale = values.get(f"{name}_input_scale")
                 spec = _with_input_scale(spec, input_scale)
                 self.hubquant_specs[name] = spec
@@ -254,8 +264,7 @@ class QuantizedLayerMixin:
                 values[name] = read(store, key, floats[name])
             else:
                 spec = self.hubquant_specs[name]
-                fm = floats[name] if spec.mode == "int4" else replace(floats[name], to_columns=None)
-                rows = read(store, key, fm)
+                rows = read(store, key, floats[name].for_mode(spec.mode))
                 if tuple(rows.shape) != (spec.n, spec.k):
                     self.hubquant_misfit = (
                         f"layer '{self.path}': the weights file holds its {name} as "
@@ -368,14 +377,6 @@ def source_dtype_of(layer) -> str:
     if isinstance(policy, DTypePolicyMap):
         policy = policy[layer.path]
     return float_policy_name(policy)
-
-
-def _source(fm: FloatMatrix, value, spec: MatrixSpec):
-    """What ``_quantize`` reads: int4 takes a kernel stored ``[K, N]`` as it
-    is (``Columns``), everything else the ``[N, K]`` matrix."""
-    if spec.mode == "int4" and fm.to_columns is not None:
-        return fm.to_columns(value)
-    return fm.to_matrix(value)
 
 
 def _quantize(matrix, spec: MatrixSpec, path: str) -> quantizers.QuantizedMatrix:
