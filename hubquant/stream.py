@@ -87,13 +87,7 @@ def read(pending: Pending, on_layer=None, calibration=None):
     if calibrated:  # generated text (no files) comes from the float model, read first
         calibration = _generated_first(pending, calibration, on_layer)
     later = {a for attrs in calibrated_by_block(plan).values() for a in attrs}
-    float_classes = {a: type(layer_at(backbone, a)).__name__ for a in plan.layers()}
-    surgery.swap_layers(backbone, plan)
-    if is_keras_preset(pending.loader):
-        _stream_keras(model, pending.loader, plan, on_layer, float_classes, later)
-    else:
-        _stream_converted(model, pending.loader, plan, on_layer, later)
-    _check_complete(model, pending.loader.preset, skip=_later_variables(backbone, later))
+    _load(pending, on_layer, later)
     if calibrated:
 
         def before_block(attrs) -> None:
@@ -103,6 +97,28 @@ def read(pending: Pending, on_layer=None, calibration=None):
         plan = calibrate_plan(model, plan, calibration, on_layer, before_block)
     registered.mark_quantized(model, plan)
     return model, plan
+
+
+def read_floats_later(pending: Pending):
+    """The model with every planned layer swapped and its float matrices
+    left on disk (``read_now`` reads a layer's; ``hubquant_later`` says
+    where each lies); every other weight read. What ``tune`` walks."""
+    _load(pending, None, set(pending.plan.layers()))
+    return pending.model
+
+
+def _load(pending: Pending, on_layer, later: set) -> None:
+    """Swap the planned layers and read the weights: planned layers quantized
+    as they arrive, those in ``later`` (layer paths) only told where theirs are."""
+    model, plan = pending.model, pending.plan
+    backbone = backbone_of(model)
+    float_classes = {a: type(layer_at(backbone, a)).__name__ for a in plan.layers()}
+    surgery.swap_layers(backbone, plan)
+    if is_keras_preset(pending.loader):
+        _stream_keras(model, pending.loader, plan, on_layer, float_classes, later)
+    else:
+        _stream_converted(model, pending.loader, plan, on_layer, later)
+    _check_complete(model, pending.loader.preset, skip=_later_variables(backbone, later))
 
 
 def _generated_first(pending: Pending, calibration, on_layer):

@@ -56,9 +56,10 @@ def walk(backbone, plan, tokens: np.ndarray, last: int):
             inputs.run(block, index)
 
 
-def block_inputs(backbone, blocks: list, tokens: np.ndarray) -> BlockInputs:
-    """Block 0's inputs and every block's keyword arguments, batch by batch."""
-    batch = max(1, TOKENS_PER_BATCH // tokens.shape[1])
+def block_inputs(backbone, blocks: list, tokens: np.ndarray, batch: int = 0) -> BlockInputs:
+    """Block 0's inputs and every block's keyword arguments, batch by batch
+    (``batch`` windows each; by default as many as make ``TOKENS_PER_BATCH``)."""
+    batch = batch or max(1, TOKENS_PER_BATCH // tokens.shape[1])
     hidden, kwargs = [], [[] for _ in blocks]
     for start in range(0, len(tokens), batch):
         seen = []

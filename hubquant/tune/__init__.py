@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hubquant.paths import backbone_of
 from hubquant.plan import Plan, PlanEntry, itemsize
 from hubquant.tune.budget import Budget
 from hubquant.tune.candidates import Candidate
@@ -61,11 +62,17 @@ class Tuned:
         ]
 
 
-def tunable_plan(model, recipe=None) -> Plan:
+def tuning_config():
+    """The config tune plans with: every matrix the recipe names, routers excepted."""
     from hubquant.config import parse_config
+
+    return parse_config(_ALL_MATRICES, "tune")
+
+
+def tunable_plan(model, recipe=None) -> Plan:
     from hubquant.planning import plan_for
 
-    return plan_for(model, parse_config(_ALL_MATRICES, "tune"), recipe)
+    return plan_for(model, tuning_config(), recipe)
 
 
 def tune(
@@ -83,30 +90,35 @@ def tune(
     (``objective``; by default the one ``objective_for`` picks) is least
     within ``budget``; ``tokens`` ``[windows, seq_len]``: calibration text.
     ``fused``: layers of a block that read the same input (the recipe's ``input_norm``: q/k/v,
-    gate/up) take one candidate, as serving engines fuse them."""
-    from hubquant.paths import backbone_of
-    from hubquant.tune.allocate import allocate, check_reachable
-    from hubquant.tune.damage import canonical, damage_row, matrix_variable
-    from hubquant.tune.fisher import fisher_diagonal
-    from hubquant.tune.objective import objective_for
+    gate/up) take one candidate, as serving engines fuse them.
 
+    ``model`` may be a ``streamed.Streamed`` preset: then its matrices are
+    read a block at a time (blockwise.py) and the model is never whole in float."""
+    from hubquant.tune.allocate import allocate, check_reachable
+    from hubquant.tune.damage import damage_row
+    from hubquant.tune.objective import objective_for
+    from hubquant.tune.streamed import Streamed
+
+    streamed = model if isinstance(model, Streamed) else None
+    model = streamed.model if streamed else model
     objective = objective or objective_for(model)
-    backbone = backbone_of(model)
-    entries = [e for e in tunable_plan(model, recipe).entries if e.mode != "none"]
-    variables = [matrix_variable(backbone, e) for e in entries]
+    plan = streamed.plan if streamed else tunable_plan(model, recipe)
+    entries = [e for e in plan.entries if e.mode != "none"]
+    source = streamed or _InMemory(backbone_of(model))
+    variables = [source.variable(e) for e in entries]
     sizes = np.array([[c.size(e) for c in candidates] for e in entries], np.int64)
     float_bytes = sum(e.bytes_before for e in entries)
     planned = {id(v) for v in variables}
-    other = sum(_bytes(v) for v in backbone.weights if id(v) not in planned)
+    other = sum(_bytes(v) for v in backbone_of(model).weights if id(v) not in planned)
     allowed = budget.matrix_bytes(float_bytes, sum(e.params for e in entries), other)
     check_reachable(sizes, allowed)  # before the minutes of work
-    fisher = fisher_diagonal(model, tokens, variables, objective, report=report)
-    damage = []
-    for i, (entry, var, f) in enumerate(zip(entries, variables, fisher, strict=True)):
-        w = canonical(backbone, entry, var.value)
-        damage.append(damage_row(w, canonical(backbone, entry, f), candidates))
-        report(f"damage: {i + 1}/{len(entries)} {entry.path}")
-    damage = np.array(damage)
+    damage = np.zeros((len(entries), len(candidates)))
+    args = (model, entries, variables, source, tokens, objective, report)
+    fishers = _fisher_by_block(*args) if streamed else _fisher_whole(*args)
+    for done, (i, value, fisher) in enumerate(fishers):
+        w, f = source.to_matrix(entries[i], value), source.to_matrix(entries[i], fisher)
+        damage[i] = damage_row(w, f, candidates)
+        report(f"damage: {done + 1}/{len(entries)} {entries[i].path}")
     groups = fusion_groups(entries, fused)
     picked = allocate(
         np.array([damage[g].sum(0) for g in groups]),
@@ -117,6 +129,41 @@ def tune(
     for group, pick in zip(groups, picked, strict=True):
         chosen[group] = pick
     return Tuned(entries, candidates, damage, sizes, chosen, allowed, float_bytes, objective)
+
+
+class _InMemory:
+    """A float model held whole: its matrices are its variables' values."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+
+    def variable(self, entry: PlanEntry):
+        from hubquant.tune.damage import matrix_variable
+
+        return matrix_variable(self.backbone, entry)
+
+    def read(self, entry: PlanEntry):
+        return self.variable(entry).value
+
+    def to_matrix(self, entry: PlanEntry, value) -> np.ndarray:
+        from hubquant.tune.damage import canonical
+
+        return canonical(self.backbone, entry, value)
+
+
+def _fisher_whole(model, entries, variables, source, tokens, objective, report):
+    """``(i, value, fisher)`` per entry: one backward pass through the whole model."""
+    from hubquant.tune.fisher import fisher_diagonal
+
+    fisher = fisher_diagonal(model, tokens, variables, objective, report=report)
+    for i, (v, f) in enumerate(zip(variables, fisher, strict=True)):
+        yield i, v.value, f
+
+
+def _fisher_by_block(model, entries, variables, source, tokens, objective, report):
+    from hubquant.tune.blockwise import fisher_by_block
+
+    return fisher_by_block(model, entries, variables, source.read, tokens, objective, report=report)
 
 
 def fusion_groups(entries: list[PlanEntry], fused: bool) -> list[list[int]]:

@@ -43,18 +43,16 @@ def run(
         from hubquant.tune.picture import check_plot
 
         check_plot(plot)
-    model, preset, objective = _float_model(preset, say)
-    tokens = _tokens(model, objective, calibration, samples, seq_len, say)
-    tuned, text, measured = choose(
-        model, objective, budget, tokens, choices, recipe, say, preset, fused
-    )
+    source, objective = _float_source(preset, recipe, say)
+    tokens = _tokens(source, objective, calibration, samples, seq_len, say)
+    tuned, text, measured = choose(source, objective, budget, tokens, choices, recipe, say, fused)
     _write(target, text)
     if report:
         _write(Path(report), _report_json(tuned, measured))
     if plot:
         from hubquant.tune.picture import save_heatmap
 
-        save_heatmap(tuned.rows(), plot, f"{preset}: {budget.text}")
+        save_heatmap(tuned.rows(), plot, f"{source.preset}: {budget.text}")
     say(f"wrote {target}")
     return 0
 
@@ -65,18 +63,16 @@ def tuned_config(preset: str, budget, files, recipe, say):
     from hubquant.tune.candidates import parse_candidates
 
     _require_jax()
-    model, preset, objective = _float_model(preset, say)
-    tokens = _tokens(model, objective, files, None, None, say)
+    source, objective = _float_source(preset, recipe, say)
+    tokens = _tokens(source, objective, files, None, None, say)
     choices = parse_candidates(None)
-    _, text, _ = choose(model, objective, budget, tokens, choices, recipe, say, preset)
+    _, text, _ = choose(source, objective, budget, tokens, choices, recipe, say)
     return parse_config(text, "the tuned config")
 
 
-def choose(
-    model, objective, budget, tokens, choices, recipe, say, preset: str, fused: bool = False
-):
-    """Tune on all but the last windows, measure on those; the config text."""
-    from hubquant.api import quantize
+def choose(source, objective, budget, tokens, choices, recipe, say, fused: bool = False):
+    """Tune on all but the last windows, measure on those; the config text.
+    ``source``: a ``streamed.Streamed`` preset (never whole in float)."""
     from hubquant.config import parse_config
     from hubquant.tune import tune
     from hubquant.tune.picture import choice_table
@@ -84,20 +80,32 @@ def choose(
 
     held = min(objective.held_out, max(1, len(tokens) // 4)) if len(tokens) > 1 else 0
     fit, check = tokens[: len(tokens) - held], tokens[len(tokens) - held :]
-    tuned = tune(model, budget, fit, choices, recipe, report=say, fused=fused, objective=objective)
-    header = _header(tuned, budget, preset)
+    tuned = tune(source, budget, fit, choices, recipe, report=say, fused=fused, objective=objective)
+    header = _header(tuned, budget, source.preset)
     text = config_text(tuned.entries, tuned.choices(), header)
-    config = parse_config(text, "the tuned config")
     measured = None
     if held:
-        reference = objective.reference(model, check)
-        quantize(model, config, recipe)
-        measured = objective.measure(model, check, reference)
+        config = parse_config(text, "the tuned config")
+        measured = _measure(source, tuned, objective, config, recipe, check, say)
         line = f"Measured on held-out calibration windows: {objective.describe(measured)}."
         text = config_text(tuned.entries, tuned.choices(), [*header, line])
     say(choice_table(tuned.rows()))
     say(_summary(tuned, measured))
     return tuned, text, measured
+
+
+def _measure(source, tuned, objective, config, recipe, windows, say) -> dict:
+    """The tuned config's outputs against float on ``windows``: the float
+    outputs a block at a time, then the preset quantized as ``apply`` would."""
+    from hubquant.stream import stream_quantize
+    from hubquant.tune.blockwise import float_outputs
+
+    variables = [source.variable(e) for e in tuned.entries]
+    outputs = float_outputs(source.model, tuned.entries, variables, source.read, windows, objective)
+    reference = objective.reference_of(outputs)
+    say("measuring: the preset quantized with the tuned config")
+    quantized, _ = stream_quantize(source.preset, config, recipe)
+    return objective.measure(quantized, windows, reference)
 
 
 def _header(tuned, budget, preset: str) -> list[str]:
@@ -140,21 +148,24 @@ def _report_json(tuned, measured) -> str:
     )
 
 
-def _float_model(preset: str | None, say):
-    from hubquant.float_preset import load_source, resolve_preset
+def _float_source(preset: str | None, recipe, say):
+    """The preset as tune reads it (``streamed.Streamed``) and what it protects."""
+    from hubquant.float_preset import resolve_preset
     from hubquant.synthetic import DEFAULT_PRESET
+    from hubquant.tune import tuning_config
     from hubquant.tune.objective import objective_for
+    from hubquant.tune.streamed import open_streamed
 
     preset = preset or DEFAULT_PRESET
     if preset != DEFAULT_PRESET:
         preset, note = resolve_preset(preset)
         if note:
             say(note)
-    model = load_source(preset)
-    return model, preset, objective_for(model)  # an LM or a text encoder, else one line
+    source = open_streamed(preset, tuning_config(), recipe)
+    return source, objective_for(source.model)  # an LM or a text encoder, else one line
 
 
-def _tokens(model, objective, files, samples: int | None, seq_len: int | None, say):
+def _tokens(source, objective, files, samples: int | None, seq_len: int | None, say):
     """Calibration windows: as ``apply`` cuts (or generates) them for an LM;
     framed by the start and end tokens for an encoder, from ``files`` only."""
     from hubquant.calibrate.calibration import Calibration, calibration_tokens
@@ -164,9 +175,28 @@ def _tokens(model, objective, files, samples: int | None, seq_len: int | None, s
     samples, seq_len = samples or objective.samples, seq_len or objective.seq_len
     generate = Generate(num_samples=samples, seq_len=seq_len)
     cal = Calibration(tuple(files or ()), samples, seq_len, generate=generate)
-    if isinstance(objective, NextToken):
-        return calibration_tokens(model, cal, report=say)
-    return _encoder_tokens(model, cal)
+    if not isinstance(objective, NextToken):
+        return _encoder_tokens(source.model, cal)
+    if cal.files:
+        return calibration_tokens(source.model, cal, report=say)
+    return _generated(source.preset, cal, say)
+
+
+def _generated(preset: str, cal, say) -> np.ndarray:
+    """Text the float model writes: loaded whole for it (generating runs every
+    block at every step) and dropped before tuning, as ``apply`` does."""
+    import gc
+
+    from hubquant._memory import release_free_memory
+    from hubquant.calibrate.calibration import calibration_tokens
+    from hubquant.float_preset import load_source
+
+    model = load_source(preset)
+    tokens = calibration_tokens(model, cal, report=say)
+    del model
+    gc.collect()  # a Keras model holds cycles
+    release_free_memory()
+    return tokens
 
 
 def _encoder_tokens(model, cal) -> np.ndarray:

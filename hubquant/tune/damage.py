@@ -36,14 +36,25 @@ def canonical(backbone, entry: PlanEntry, value) -> np.ndarray:
     return np.ascontiguousarray(value.transpose(0, 2, 1)).reshape(experts * n, k)
 
 
+# Rows rounded at a time: a token table's damage needs no float copies of it whole.
+CHUNK_BYTES = 64 << 20
+
+
 def damage_row(w: np.ndarray, fisher: np.ndarray, candidates) -> np.ndarray:
-    """One layer's damage for each candidate (``w`` and ``fisher`` ``[N, K]``)."""
-    return np.array([_damage(w, fisher, c) for c in candidates])
+    """One layer's damage for each candidate (``w`` and ``fisher`` ``[N, K]``;
+    each candidate rounds rows independently, so a block of rows at a time)."""
+    rows = max(1, CHUNK_BYTES // (4 * w.shape[1]))
+    total = np.zeros(len(candidates))
+    for start in range(0, w.shape[0], rows):
+        part, f = w[start : start + rows], fisher[start : start + rows]
+        total += [_damage(part, f, c) for c in candidates]
+    return total
 
 
 def _damage(w: np.ndarray, fisher: np.ndarray, c: Candidate) -> float:
     if c.mode == "none":
         return 0.0
+    w = np.asarray(w, np.float32)
     q = quantizers.quantize(w, c.mode, c.group_size, c.symmetric)
     group_size = None if c.mode == "int8" else c.group_size
     error = quantizers.dequantize(q, w.shape[1], group_size) - w

@@ -6,11 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def float_log_probs(model, windows: np.ndarray) -> list[np.ndarray]:
-    """Float log-probabilities of each window (before the model is quantized)."""
-    return [_log_probs(model, w[None]) for w in windows]
-
-
 def kl_and_top1(model, windows: np.ndarray, reference: list[np.ndarray]) -> tuple[float, float]:
     """Mean KL(float || model) per token and top-1 agreement, on ``windows``."""
     kl, agree = [], []
@@ -22,6 +17,11 @@ def kl_and_top1(model, windows: np.ndarray, reference: list[np.ndarray]) -> tupl
 
 
 def _log_probs(model, ids: np.ndarray) -> np.ndarray:
-    logits = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}), np.float64)
+    return log_probs(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+
+
+def log_probs(logits) -> np.ndarray:
+    """Float32 log-probabilities from ``logits``, normalised in float64."""
+    logits = np.asarray(logits, np.float64)
     logits -= logits.max(-1, keepdims=True)
     return (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)

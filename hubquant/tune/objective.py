@@ -48,10 +48,11 @@ class NextToken:
     def count(self, tokens: np.ndarray) -> int:
         return tokens.shape[0] * tokens.shape[1]
 
-    def reference(self, model, windows: np.ndarray):
-        from hubquant.tune.measure import float_log_probs
+    def reference_of(self, outputs: list):
+        """What ``measure`` compares against, from the float model's logits per window."""
+        from hubquant.tune.measure import log_probs
 
-        return float_log_probs(model, windows)
+        return [log_probs(o) for o in outputs]
 
     def measure(self, model, windows: np.ndarray, reference) -> dict:
         from hubquant.tune.measure import kl_and_top1
@@ -90,8 +91,9 @@ class Embedding:
     def count(self, tokens: np.ndarray) -> int:
         return tokens.shape[0]
 
-    def reference(self, model, windows: np.ndarray):
-        return self._embed(model, windows)
+    def reference_of(self, outputs: list):
+        """What ``measure`` compares against, from the float model's outputs per window."""
+        return np.concatenate([np.asarray(_unit_embedding(o), np.float64) for o in outputs])
 
     def measure(self, model, windows: np.ndarray, reference) -> dict:
         cosine = np.sum(self._embed(model, windows) * reference, axis=-1)
@@ -101,8 +103,7 @@ class Embedding:
         return f"mean cosine {measured['cosine']:.5f}, least {measured['min_cosine']:.5f}"
 
     def _embed(self, model, windows: np.ndarray) -> np.ndarray:
-        rows = [_unit_embedding(model(self.inputs(jnp.asarray(w[None])))) for w in windows]
-        return np.concatenate([np.asarray(r, np.float64) for r in rows])
+        return self.reference_of([model(self.inputs(jnp.asarray(w[None]))) for w in windows])
 
 
 def _unit_embedding(outputs):
