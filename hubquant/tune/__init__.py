@@ -94,6 +94,7 @@ def tune(
 
     ``model`` may be a ``streamed.Streamed`` preset: then its matrices are
     read a block at a time (blockwise.py) and the model is never whole in float."""
+    from hubquant._memory import release_free_memory
     from hubquant.tune.allocate import allocate, check_reachable
     from hubquant.tune.damage import damage_row
     from hubquant.tune.objective import objective_for
@@ -117,7 +118,10 @@ def tune(
     fishers = _fisher_by_block(*args) if streamed else _fisher_whole(*args)
     for done, (i, value, fisher) in enumerate(fishers):
         w, f = source.to_matrix(entries[i], value), source.to_matrix(entries[i], fisher)
+        del value, fisher  # a token table's: as large as the table
         damage[i] = damage_row(w, f, candidates)
+        del w, f
+        release_free_memory()
         report(f"damage: {done + 1}/{len(entries)} {entries[i].path}")
     groups = fusion_groups(entries, fused)
     picked = allocate(

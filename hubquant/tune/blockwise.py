@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from keras import StatelessScope
 
+from hubquant._memory import release_free_memory
 from hubquant.calibrate import blocks as blocks_mod
 from hubquant.paths import backbone_of
 
@@ -49,11 +50,22 @@ def fisher_by_block(model, entries, variables, read, tokens, objective, seed=0, 
     count = objective.count(tokens)
     for b in reversed(range(len(walk.blocks))):
         sums, cotangent = walk.backward(b, hidden[b], cotangent)
-        for i, value, s in sums:
-            yield i, value, s / count
         report(f"sensitivity: block {b + 1} of {len(walk.blocks)} (backward)")
-    for i, value, s in outer.fisher(hidden[-1], cotangent, tokens, keys):
-        yield i, value, s / count
+        yield from _each(walk.by_block[b], sums, count)
+    yield from _each(walk.outside, outer.fisher(hidden[-1], cotangent, tokens, keys), count)
+
+
+def _each(indices: list, rows: list, count: int):
+    """``(i, value, fisher)`` one at a time, each let go here once yielded
+    (a token table's Fisher is as large as the table, in float32)."""
+    for i in indices:
+        yield (i, *_per_token(rows.pop(0), count))
+        release_free_memory()
+
+
+def _per_token(row: tuple, count: int) -> tuple:
+    value, sums = row
+    return value, np.asarray(sums / count)
 
 
 def float_outputs(model, entries, variables, read, tokens, objective):
@@ -98,7 +110,8 @@ class BlockWalk:
         return states
 
     def backward(self, b: int, hidden: list, cotangent: list):
-        """Block ``b``'s summed squared gradients and its input cotangents."""
+        """Block ``b``'s ``(value, summed squared gradients)`` per planned matrix,
+        and its input cotangents."""
         step = self.kinds.step(self.blocks[b], self._planned(b), self.kwargs[b][0])
         values = self._values(b)
         sums = [jnp.zeros(np.shape(v), jnp.float32) for v in values]
@@ -107,10 +120,7 @@ class BlockWalk:
             squares, dx = step.backward(values, x, kw, dy)
             sums = [s + q for s, q in zip(sums, squares, strict=True)]
             below.append(dx)
-        rows = [
-            (i, v, np.asarray(s)) for i, v, s in zip(self.by_block[b], values, sums, strict=True)
-        ]
-        return rows, below
+        return list(zip(values, sums, strict=True)), below
 
     def outer(self, objective) -> Outer:
         return Outer(self, objective)
@@ -152,9 +162,7 @@ class Outer:
         sums = [jnp.zeros(np.shape(v), jnp.float32) for v in self.values]
         for top, dx, ids, key in zip(tops, cotangents, tokens, keys, strict=True):
             sums = self._accumulate(sums, self.values, top, dx, _window(ids), key)
-        return [
-            (i, v, np.asarray(s)) for i, v, s in zip(self.indices, self.values, sums, strict=True)
-        ]
+        return list(zip(self.values, sums, strict=True))
 
     def outputs(self, top, ids):
         return self._outputs(self.values, top, jnp.zeros_like(top), _window(ids))

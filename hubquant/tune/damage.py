@@ -41,12 +41,14 @@ CHUNK_BYTES = 64 << 20
 
 
 def damage_row(w: np.ndarray, fisher: np.ndarray, candidates) -> np.ndarray:
-    """One layer's damage for each candidate (``w`` and ``fisher`` ``[N, K]``;
-    each candidate rounds rows independently, so a block of rows at a time)."""
+    """One layer's damage for each candidate (``w`` and ``fisher`` ``[N, K]``,
+    any float dtype; each candidate rounds rows independently, so a block of
+    rows at a time, in float32)."""
     rows = max(1, CHUNK_BYTES // (4 * w.shape[1]))
     total = np.zeros(len(candidates))
     for start in range(0, w.shape[0], rows):
-        part, f = w[start : start + rows], fisher[start : start + rows]
+        part = np.asarray(w[start : start + rows], np.float32)
+        f = np.asarray(fisher[start : start + rows], np.float32)
         total += [_damage(part, f, c) for c in candidates]
     return total
 
@@ -54,7 +56,6 @@ def damage_row(w: np.ndarray, fisher: np.ndarray, candidates) -> np.ndarray:
 def _damage(w: np.ndarray, fisher: np.ndarray, c: Candidate) -> float:
     if c.mode == "none":
         return 0.0
-    w = np.asarray(w, np.float32)
     q = quantizers.quantize(w, c.mode, c.group_size, c.symmetric)
     group_size = None if c.mode == "int8" else c.group_size
     error = quantizers.dequantize(q, w.shape[1], group_size) - w

@@ -40,7 +40,11 @@ class Streamed:
         return np.asarray(layer.hubquant_later[entry.matrix].read())
 
     def to_matrix(self, entry: PlanEntry, value) -> np.ndarray:
-        """``value`` (stored layout) as the float32 ``[N, K]`` matrix."""
+        """``value`` (stored layout) as the ``[N, K]`` matrix: float32, but a
+        token table as it is (already ``[N, K]``; ``damage_row`` converts a
+        block of rows at a time, so a large table is never copied whole)."""
+        if entry.matrix == "embeddings":
+            return np.asarray(value)
         layer = layer_at(backbone_of(self.model), entry.attr)
         return np.asarray(layer._float_matrices()[entry.matrix].to_matrix(value), np.float32)
 
