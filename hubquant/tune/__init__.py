@@ -146,9 +146,6 @@ class _InMemory:
 
         return matrix_variable(self.backbone, entry)
 
-    def read(self, entry: PlanEntry):
-        return self.variable(entry).value
-
     def to_matrix(self, entry: PlanEntry, value) -> np.ndarray:
         from hubquant.tune.damage import canonical
 
