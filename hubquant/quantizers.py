@@ -136,9 +136,10 @@ def quantize_int8(w) -> QuantizedMatrix:
 def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Abs-max codes, then the least-squares scale for them: that scale's error
     ``sum(w^2) - sum(w q)^2 / sum(q^2)`` is never above abs-max's."""
-    absmax = np.abs(w).max(axis=1)
+    absmax = np.maximum(w.max(axis=1), -w.min(axis=1))  # no |w| copy
     scale = np.where(absmax > 0, absmax / np.float32(127), np.float32(1))
-    q = np.clip(np.round(w / scale[:, None]), -127, 127)
+    q = w / scale[:, None]
+    np.clip(np.round(q, out=q), -127, 127, out=q)
     denom = np.einsum("ij,ij->i", q, q)
     # float64 sums: w * q overflows float32 for weights near its largest value.
     ls = np.einsum("ij,ij->i", w, q, dtype=np.float64) / np.where(denom > 0, denom, 1)
