@@ -127,10 +127,8 @@ def _generated_first(pending: Pending, calibration, on_layer):
     block at every step) and dropped before streaming starts: it is the peak
     memory of a self-calibrated apply, and its text is that of the float model,
     not of one whose token table is already quantized."""
-    from hubquant.calibrate.calibration import calibration_tokens
     from hubquant.calibrate.generate import require_generator
     from hubquant.calibrate.run import reporter
-    from hubquant.float_preset import load_source
 
     if isinstance(calibration, np.ndarray):
         return calibration
@@ -138,8 +136,18 @@ def _generated_first(pending: Pending, calibration, on_layer):
     if cal.files:
         return cal
     require_generator(pending.model)  # before minutes of loading
-    float_model = load_source(pending.loader.preset)
-    tokens = calibration_tokens(float_model, cal, reporter(on_layer))
+    return generated_by_float(pending.loader.preset, cal, reporter(on_layer))
+
+
+def generated_by_float(preset: str, cal, report) -> np.ndarray:
+    """The token ids ``preset``'s float model generates for ``cal`` (no files):
+    the model loaded whole for it, as generating runs every block at every
+    step, and dropped before the caller goes on."""
+    from hubquant.calibrate.calibration import calibration_tokens
+    from hubquant.float_preset import load_source
+
+    float_model = load_source(preset)
+    tokens = calibration_tokens(float_model, cal, report)
     del float_model
     gc.collect()  # a Keras model holds cycles
     release_free_memory()

@@ -170,6 +170,7 @@ def _tokens(source, objective, files, samples: int | None, seq_len: int | None, 
     framed by the start and end tokens for an encoder, from ``files`` only."""
     from hubquant.calibrate.calibration import Calibration, calibration_tokens
     from hubquant.calibrate.generate import Generate
+    from hubquant.stream import generated_by_float
     from hubquant.tune.objective import NextToken
 
     samples, seq_len = samples or objective.samples, seq_len or objective.seq_len
@@ -179,24 +180,7 @@ def _tokens(source, objective, files, samples: int | None, seq_len: int | None, 
         return _encoder_tokens(source.model, cal)
     if cal.files:
         return calibration_tokens(source.model, cal, report=say)
-    return _generated(source.preset, cal, say)
-
-
-def _generated(preset: str, cal, say) -> np.ndarray:
-    """Text the float model writes: loaded whole for it (generating runs every
-    block at every step) and dropped before tuning, as ``apply`` does."""
-    import gc
-
-    from hubquant._memory import release_free_memory
-    from hubquant.calibrate.calibration import calibration_tokens
-    from hubquant.float_preset import load_source
-
-    model = load_source(preset)
-    tokens = calibration_tokens(model, cal, report=say)
-    del model
-    gc.collect()  # a Keras model holds cycles
-    release_free_memory()
-    return tokens
+    return generated_by_float(source.preset, cal, say)  # as apply does
 
 
 def _encoder_tokens(model, cal) -> np.ndarray:
