@@ -14,12 +14,16 @@ keeps the first rounding's error, which no merge without the float weights can
 undo, so it is the floor of ``merged``. With ``--calibration`` (a text other
 than the evaluation text) a last column merges with calibration
 (``merge_lora(model, calibration=...)``: codes chosen on each layer's grid by
-GPTQ's sweep).
+GPTQ's sweep). ``from float`` merges with the float weights
+(``merge_lora(model, float_weights=FOLDER)``: each adapted layer quantized
+afresh from ``W + A B`` by its own rule), which a fresh quantization bounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import tempfile
 import zlib
 
 import keras
@@ -45,9 +49,21 @@ def _kl(p, q) -> float:
     return float(np.mean(np.sum(np.exp(p) * (p - q), -1)))
 
 
-def _adapted(folder: str, config: str, rank: int, b_std: float, seed: int):
+@functools.cache
+def _quantized(folder: str, config: str, calibration: bytes | None) -> str:
+    """A folder holding ``folder`` quantized by ``config`` (calibrated configs
+    on ``calibration``, int32 token ids as bytes), made once per run."""
+    ids = None if calibration is None else np.frombuffer(calibration, "int32").reshape(32, -1)
+    lm, _ = hubquant.prepare(folder, config).quantize(calibration=ids)
+    out = tempfile.mkdtemp(prefix="lora_merge_")
+    hubquant.save(lm, out)
+    return out
+
+
+def _adapted(folder, config: str, rank: int, b_std: float, seed: int, calibration=None):
     """The quantized model with adapters (B drawn per layer, seeded by its path)."""
-    lm, _ = hubquant.prepare(folder, config).quantize()
+    key = None if calibration is None else calibration.tobytes()
+    lm = hubquant.load(_quantized(folder, config, key))
     keras.utils.set_random_seed(seed)
     lm.backbone.enable_lora(rank)
     for attr in lm.backbone.hubquant_plan.layers():
@@ -59,7 +75,7 @@ def _adapted(folder: str, config: str, rank: int, b_std: float, seed: int):
 
 
 def one_row(folder, config, x, rank, b_std, calibration, seed) -> dict:
-    lm = _adapted(folder, config, rank, b_std, seed)
+    lm = _adapted(folder, config, rank, b_std, seed, calibration)
     reference = keras_hub.models.CausalLM.from_preset(folder)
     for attr in lm.backbone.hubquant_plan.layers():
         layer = layer_at(lm.backbone, attr)
@@ -71,10 +87,13 @@ def one_row(folder, config, x, rank, b_std, calibration, seed) -> dict:
     hubquant.merge_lora(lm)
     row["merged"] = _kl(want, _logits(lm, x))
     if calibration is not None:
-        lm = _adapted(folder, config, rank, b_std, seed)
+        lm = _adapted(folder, config, rank, b_std, seed, calibration)
         hubquant.merge_lora(lm, calibration=calibration)
         row["calibrated"] = _kl(want, _logits(lm, x))
-    hubquant.quantize(reference, config)
+    lm = _adapted(folder, config, rank, b_std, seed, calibration)
+    hubquant.merge_lora(lm, calibration=calibration, float_weights=folder)
+    row["float"] = _kl(want, _logits(lm, x))
+    hubquant.apply_plan(reference, hubquant.plan_for(reference, config), calibration=calibration)
     row["fresh"] = _kl(want, _logits(reference, x))
     return row
 
@@ -105,7 +124,7 @@ def main() -> None:
         calibration = _windows(tokenizer, args.folder, args.calibration, 32, 256)
     print(
         f"{'config':8s} {'B std':>7s} {'KL fresh':>10s} {'adapted':>16s} {'merged':>16s} "
-        f"{'calibrated':>16s}"
+        f"{'calibrated':>16s} {'from float':>16s}"
     )
     for config in args.configs.split(","):
         for b_std in (float(s) for s in args.b_std.split(",")):
@@ -116,11 +135,11 @@ def main() -> None:
             r = {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
             cells = [
                 f"{r[k]:8.4f} ({r[k] / r['fresh']:.3f}x)" if k in r else f"{'-':>16s}"
-                for k in ("adapted", "merged", "calibrated")
+                for k in ("adapted", "merged", "calibrated", "float")
             ]
             spread = " ".join(
                 f"{k} {min(ratios):.3f}-{max(ratios):.3f}x"
-                for k in ("merged", "calibrated")
+                for k in ("merged", "calibrated", "float")
                 if k in r
                 for ratios in [[row[k] / row["fresh"] for row in rows]]
             )

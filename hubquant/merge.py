@@ -7,11 +7,12 @@ from hubquant.calibrate import blocks
 from hubquant.calibrate.run import tokens_for
 from hubquant.errors import HubquantError
 from hubquant.layers.lora import lora_state
+from hubquant.merge_float import merge_from_float
 from hubquant.paths import backbone_of, layer_at
 from hubquant.plan import Plan
 
 
-def merge_lora(model, calibration=None) -> Plan:
+def merge_lora(model, calibration=None, float_weights=None) -> Plan:
     """Fold every adapter on a hubquant layer into it, in place; the adapters are
     gone and the layers keep their mode, group size and symmetry. Returns the
     Plan as applied.
@@ -22,6 +23,14 @@ def merge_lora(model, calibration=None) -> Plan:
     the codes of every adapted layer inside the blocks are chosen on that grid
     by GPTQ's sweep on its inputs, block by block, each block seeing the blocks
     before it merged.
+
+    Given ``float_weights`` (the float preset the model was quantized from: a
+    KerasHub preset name or folder, or a Hugging Face folder), each adapted
+    layer is instead quantized afresh from ``W + A B * alpha / rank`` by its
+    own rule (``merge_float.py``): exactly a fresh round-to-nearest, and GPTQ,
+    AWQ or imatrix run again on ``calibration`` (default: the Plan's, text the
+    float model generates where it names no files). Only the adapted matrices
+    are read from the preset.
     """
     backbone = backbone_of(model)
     plan = getattr(backbone, "hubquant_plan", None)
@@ -32,9 +41,13 @@ def merge_lora(model, calibration=None) -> Plan:
             "quantize, call backbone.enable_lora(rank) and train first."
         )
     layers = {a: es[0] for a, es in plan.layers().items() if a in adapted}
-    merged = set() if calibration is None else _merge_calibrated(model, plan, layers, calibration)
-    for attr in layers:
-        if attr not in merged:
+    if float_weights is not None:
+        merge_from_float(model, plan, layers, str(float_weights), calibration)
+    else:
+        merged = (
+            set() if calibration is None else _merge_calibrated(model, plan, layers, calibration)
+        )
+        for attr in layers.keys() - merged:
             layer_at(backbone, attr).merge_adapter()
     internals.note_lora_layers(backbone, [], 0)
     return plan
@@ -45,18 +58,15 @@ def _merge_calibrated(model, plan: Plan, layers: dict, calibration) -> set[str]:
     ``X^T X`` of its inputs (the blocks before it already merged); return
     their attrs."""
     backbone = backbone_of(model)
-    tokens = tokens_for(model, plan, calibration)
-    by_block: dict[int, list[str]] = {}
-    for attr, entry in layers.items():
-        if entry.block is not None:
-            by_block.setdefault(entry.block, []).append(attr)
-    if not by_block:
+    inside = {a: e for a, e in layers.items() if e.block is not None}
+    if not inside:
         return set()
-    for index, block, inputs in blocks.walk(backbone, plan, tokens, max(by_block)):
-        attrs = by_block.get(index, [])
-        stats = {a: blocks.HessianStats(layers[a].shape[1]) for a in attrs}
-        with blocks.recording({a: layer_at(backbone, a) for a in attrs}, stats):
-            inputs.feed(block, index)
-        for attr in attrs:
-            layer_at(backbone, attr).merge_adapter(hessian=stats[attr].hessian())
-    return {a for attrs in by_block.values() for a in attrs}
+    tokens = tokens_for(model, plan, calibration)
+    hessians = blocks.each_with_stats(backbone, plan, inside, tokens, _hessian_stats)
+    for attr, stats in hessians:
+        layer_at(backbone, attr).merge_adapter(hessian=stats.hessian())
+    return set(inside)
+
+
+def _hessian_stats(entry) -> blocks.HessianStats:
+    return blocks.HessianStats(entry.shape[1])

@@ -68,3 +68,31 @@ def keras_quantize(model, *args, **kwargs):
         model.quantize(*args, **kwargs)
     finally:
         gc.collect = collect
+
+
+def kl(p_logits, q_logits) -> float:
+    """Mean KL(p || q) over positions, from logits."""
+    import keras
+
+    p = keras.ops.convert_to_numpy(keras.ops.log_softmax(p_logits, axis=-1))
+    q = keras.ops.convert_to_numpy(keras.ops.log_softmax(q_logits, axis=-1))
+    return float(np.mean(np.sum(np.exp(p) * (p - q), axis=-1)))
+
+
+def with_adapters_added(float_lm, adapted_lm, scales=None):
+    """``float_lm`` with each of ``adapted_lm``'s adapters added to its float
+    kernel; ``scales(attr)``: ``(rows, columns)`` where AWQ folded scales, the
+    adapter then added as ``rows * delta / columns`` (``merge_float.awq_scales``)."""
+    from hubquant.paths import layer_at
+
+    backbone = adapted_lm.backbone
+    for attr in backbone.hubquant_plan.layers():
+        layer = layer_at(backbone, attr)
+        if getattr(layer, "lora_enabled", False):
+            delta = layer.adapter_matrix()
+            if scales is not None:
+                rows, columns = scales(attr)
+                delta = delta * rows[:, None] / columns[None, :]
+            target = layer_at(float_lm.backbone, attr)
+            target._kernel.assign(target._kernel + layer.layout.from_matrix(delta))
+    return float_lm

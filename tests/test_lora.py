@@ -4,7 +4,7 @@ without a worse result than quantizing the merged float model afresh."""
 import keras
 import numpy as np
 import pytest
-from conftest import logits
+from conftest import kl, logits, with_adapters_added
 
 import hubquant
 from hubquant.config import parse_config
@@ -91,22 +91,9 @@ def test_keras_hub_adapter_files_work(trained, fresh, tmp_path, inputs):
     assert np.array_equal(logits(other, inputs), logits(lm, inputs))
 
 
-def _kl(p_logits, q_logits) -> float:
-    p = keras.ops.convert_to_numpy(keras.ops.log_softmax(p_logits, axis=-1))
-    q = keras.ops.convert_to_numpy(keras.ops.log_softmax(q_logits, axis=-1))
-    return float(np.mean(np.sum(np.exp(p) * (p - q), axis=-1)))
-
-
 def _float_merged(fresh, adapted_lm):
     """The float model with each adapter added to its float kernel."""
-    lm = fresh("gemma")
-    backbone = adapted_lm.backbone
-    for attr in backbone.hubquant_plan.layers():
-        layer = layer_at(backbone, attr)
-        if getattr(layer, "lora_enabled", False):
-            target = layer_at(lm.backbone, attr)
-            target._kernel.assign(target._kernel + layer.lora_delta())
-    return lm
+    return with_adapters_added(fresh("gemma"), adapted_lm)
 
 
 # Merged KL to (float base + adapter) over the KL of quantizing that merged float
@@ -131,7 +118,7 @@ def test_merge_is_near_quantizing_the_merged_float_model(fresh, config, tmp_path
     plan = hubquant.merge_lora(lm)
     assert not any("lora" in w.path for w in lm.weights)
     hubquant.quantize(reference, config)  # the merged float model, quantized afresh
-    merged_kl, fresh_kl = _kl(target, logits(lm, x)), _kl(target, logits(reference, x))
+    merged_kl, fresh_kl = kl(target, logits(lm, x)), kl(target, logits(reference, x))
     assert merged_kl <= MERGE_BOUND[config] * fresh_kl, (merged_kl, fresh_kl)
     hubquant.save(lm, tmp_path / "m")
     back = hubquant.load(tmp_path / "m")
@@ -264,8 +251,8 @@ def test_merge_with_calibration_stays_near_a_fresh_quantization(trained, fresh):
     hubquant.merge_lora(lm, calibration=calibration)
     hubquant.merge_lora(plain)
     hubquant.quantize(reference, "int4")
-    merged_kl, plain_kl = _kl(target, logits(lm, x)), _kl(target, logits(plain, x))
-    fresh_kl = _kl(target, logits(reference, x))
+    merged_kl, plain_kl = kl(target, logits(lm, x)), kl(target, logits(plain, x))
+    fresh_kl = kl(target, logits(reference, x))
     assert merged_kl <= 1.15 * fresh_kl, (merged_kl, fresh_kl)
     assert merged_kl < plain_kl
 

@@ -3,8 +3,8 @@ from a KerasHub preset folder (and a Hugging Face folder where KerasHub exports 
 through ``apply`` at int8, int4 and a calibrated config, then back through every
 load path, in this process and in a fresh one, and through ``generate()``.
 
-Each cell is applied once per session; a single fresh interpreter then loads every
-artefact with plain ``keras_hub.models.CausalLM.from_preset`` (only ``import
+Each cell is applied once per session; a single fresh interpreter then loads an
+artefact of every cell with plain ``keras_hub.models.CausalLM.from_preset`` (only ``import
 hubquant`` before it) and must reproduce the logits bit for bit.
 """
 
@@ -188,9 +188,19 @@ print(json.dumps(bad))
 """
 
 
-def test_a_fresh_process_loads_every_artefact_bitwise(matrix, tmp_path):
+def _one_per_cell(matrix) -> list:
+    """Each cell's last artefact: the calibrated one (int4 codes, int8 token
+    table) where the cell has it, else int4."""
+    last = {}
+    for (cell, config), value in matrix.items():
+        if config != "int8":
+            last[cell] = value
+    return list(last.values())
+
+
+def test_a_fresh_process_loads_an_artefact_of_every_cell_bitwise(matrix, tmp_path):
     jobs = []
-    for i, (folder, inputs, before) in enumerate(matrix.values()):
+    for i, (folder, inputs, before) in enumerate(_one_per_cell(matrix)):
         np.save(tmp_path / f"{i}.npy", before)
         plain = {k: np.asarray(v).tolist() for k, v in inputs.items()}
         jobs.append([str(folder), plain, str(tmp_path / f"{i}.npy")])

@@ -19,6 +19,7 @@ from keras import ops
 
 from hubquant.errors import HubquantError
 from hubquant.layers import products, sharding
+from hubquant.paths import layer_at
 
 TOKENS_PER_BATCH = 8192
 
@@ -54,6 +55,23 @@ def walk(backbone, plan, tokens: np.ndarray, last: int):
         yield index, block, inputs
         if index < last:
             inputs.run(block, index)
+
+
+def each_with_stats(backbone, plan, layers: dict, tokens: np.ndarray, new_stats):
+    """``(attr, stats)`` for each of ``layers`` (attr -> entry, inside the
+    blocks), block by block: ``new_stats(entry)`` filled from the layer's inputs
+    in its block. The caller changes the layer (merges, quantizes) before
+    taking the next, and the next block runs on the changed ones."""
+    by_block: dict[int, list[str]] = {}
+    for attr, entry in layers.items():
+        by_block.setdefault(entry.block, []).append(attr)
+    for index, block, inputs in walk(backbone, plan, tokens, max(by_block)):
+        attrs = by_block.get(index, [])
+        stats = {a: new_stats(layers[a]) for a in attrs}
+        with recording({a: layer_at(backbone, a) for a in attrs}, stats):
+            inputs.feed(block, index)
+        for attr in attrs:
+            yield attr, stats[attr]
 
 
 def block_inputs(backbone, blocks: list, tokens: np.ndarray, batch: int = 0) -> BlockInputs:

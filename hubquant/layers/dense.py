@@ -98,7 +98,7 @@ class _QuantProjection(QuantizedLayerMixin):
         that grid by GPTQ's sweep instead (``gptq_on_grid``)."""
         spec = self.hubquant_specs["kernel"]
         parts = [np.asarray(p) for p in self._matrix_parts("kernel")]
-        delta = self.layout.to_matrix(np.asarray(self.lora_delta()))
+        delta = self.adapter_matrix()
         if spec.input_scale:  # the grid is that of W / input_scale
             delta = delta / parts[-1][None, :]
         w = np.asarray(self._dequantized_f32(spec, parts)) + delta
@@ -110,10 +110,21 @@ class _QuantProjection(QuantizedLayerMixin):
             if spec.input_scale:  # the inputs of W / input_scale are x * input_scale
                 hessian = hessian * np.outer(parts[-1], parts[-1])
             merged = gptq_on_grid(w, hessian, merged, spec.mode, spec.group_size)
-        self.kernel_codes.assign(merged.codes)
-        self.kernel_scale.assign(merged.scale)
-        if merged.zero is not None:
-            self.kernel_zero.assign(merged.zero)
+        self.merge_codes(merged)
+
+    def adapter_matrix(self) -> np.ndarray:
+        """The adapter's kernel as an ``[N, K]`` float32 matrix (``lora_delta``)."""
+        return self.layout.to_matrix(np.asarray(self.lora_delta(), np.float32))
+
+    def merge_codes(self, matrix: quantizers.QuantizedMatrix, input_scale=None) -> None:
+        """Hold ``matrix`` (same mode and group size; with an input scale held,
+        ``input_scale`` too) in place of the codes, and drop the adapter."""
+        self.kernel_codes.assign(matrix.codes)
+        self.kernel_scale.assign(matrix.scale)
+        if matrix.zero is not None:
+            self.kernel_zero.assign(matrix.zero)
+        if input_scale is not None:
+            self.kernel_input_scale.assign(input_scale)
         self._drop_adapter()
 
     def _drop_adapter(self) -> None:
