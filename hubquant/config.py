@@ -28,7 +28,7 @@ KNOWN_ROLES = (
 # fmt: on
 MODES = ("none", "int8", "int4")
 ALGORITHMS = ("rtn", "gptq", "awq", "imatrix")
-OPTION_KEYS = ("mode", "group_size", "symmetric", "algorithm", "gptq", "awq")
+OPTION_KEYS = ("mode", "group_size", "symmetric", "clip", "algorithm", "gptq", "awq")
 MATCH_KEYS = ("role", "blocks", "path")
 RULE_KEYS = ("match", *OPTION_KEYS, "optional")
 TOP_KEYS = ("default", "rules", "calibration")
@@ -47,9 +47,14 @@ class Options:
     # Per-algorithm settings as given (key, value) pairs; defaults filled later.
     gptq: tuple[tuple[str, object], ...] = ()
     awq: tuple[tuple[str, object], ...] = ()
+    # int4 round-to-nearest: search each group's clipping range (False: each
+    # group's own min and max)
+    clip: bool = True
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
+        if data["clip"]:  # the default, shown only when off
+            del data["clip"]
         return {k: v for k, v in data.items() if k not in ("gptq", "awq") or v}
 
 
@@ -218,6 +223,7 @@ _OPTION_CHECKS = {
         "expected a positive integer, or -1 for one group per channel",
     ),
     "symmetric": lambda v: _unless(isinstance(v, bool), "expected true or false"),
+    "clip": lambda v: _unless(isinstance(v, bool), "expected true or false"),
     "algorithm": lambda v: _unless(v in ALGORITHMS, f"expected one of: {', '.join(ALGORITHMS)}"),
     "gptq": lambda v: _unless(isinstance(v, dict), "expected a mapping of GPTQ options"),
     "awq": lambda v: _unless(isinstance(v, dict), "expected a mapping of AWQ options"),

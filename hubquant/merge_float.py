@@ -58,7 +58,8 @@ def _requantize(layer, entry: PlanEntry, w: np.ndarray, stats) -> None:
     plus the adapter by the layer's rule, and hold it in place of the codes."""
     w = w + layer.adapter_matrix()
     if stats is None:
-        matrix, input_scale = quantize(w, entry.mode, entry.group_size, entry.symmetric), None
+        args = (entry.mode, entry.group_size, entry.symmetric, entry.clip)
+        matrix, input_scale = quantize(w, *args), None
     elif entry.folded_into is not None:  # AWQ's rule, its scale already in ``w``
         ones = np.ones(w.shape[1], np.float32)
         options = {**(entry.algorithm_options or {}), "scale": ones}

@@ -50,6 +50,9 @@ class PlanEntry:
     # From the recipe's ``input_from``: the projection (attribute path) whose
     # output rows AWQ may scale instead of keeping an input scale here.
     input_from: str | None = None
+    # Round-to-nearest int4: whether each group's clipping range is searched
+    # (the config's ``clip``); saved only when off.
+    clip: bool = True
 
     @property
     def is_bank(self) -> bool:
@@ -82,11 +85,10 @@ class PlanEntry:
         return n * -(-k // 2) + 4 * n * groups + zero
 
     def to_dict(self) -> dict:
-        return {
-            **asdict(self),
-            "shape": list(self.shape),
-            "kernel_shape": list(self.kernel_shape),
-        }
+        data = {**asdict(self), "shape": list(self.shape), "kernel_shape": list(self.kernel_shape)}
+        if data["clip"]:  # the default (and all a Plan saved before it held)
+            del data["clip"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> PlanEntry:
@@ -129,6 +131,7 @@ _ENTRY_CHECKS = {
     "input_norm": (_optional(str), "a string or null"),
     "folded_into": (_optional(str), "a string or null"),
     "input_from": (_optional(str), "a string or null"),
+    "clip": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

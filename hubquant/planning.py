@@ -102,6 +102,7 @@ def resolve_plan(backbone, recipe: Recipe, config: Config, strict: bool = False)
                         algorithm_options=_algorithm_options(options),
                         input_norm=_block_attr(spec.input_norm, where),
                         input_from=_block_attr(spec.input_from, where),
+                        clip=options.clip or options.mode != "int4",
                     )
                 )
     entries.sort(key=lambda e: -1 if e.block is None else e.block)  # block by block

@@ -111,11 +111,13 @@ def as_rows(w) -> RowReader:
     return RowReader(w.shape, lambda start, stop: w[start:stop])
 
 
-def quantize(w, mode: str, group_size: int = -1, symmetric: bool = True) -> QuantizedMatrix:
+def quantize(
+    w, mode: str, group_size: int = -1, symmetric: bool = True, clip: bool = True
+) -> QuantizedMatrix:
     """``quantize_int8`` or ``quantize_int4``, by mode name."""
     if mode == "int8":
         return quantize_int8(w)
-    return quantize_int4(w, group_size, symmetric)
+    return quantize_int4(w, group_size, symmetric, clip)
 
 
 def quantize_int8(w) -> QuantizedMatrix:
@@ -146,16 +148,20 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.int8), np.where(denom > 0, ls, scale).astype(np.float32)
 
 
-def quantize_int4(w, group_size: int = 128, symmetric: bool = False) -> QuantizedMatrix:
-    """Group-wise int4 with a weighted clipping search; codes packed two per byte.
+def quantize_int4(
+    w, group_size: int = 128, symmetric: bool = False, clip: bool = True
+) -> QuantizedMatrix:
+    """Group-wise int4 with a weighted clipping search (``clip`` False: each
+    group's own min and max); codes packed two per byte.
 
     Rows are read in blocks of about ``_CHUNK_ELEMENTS`` values (few reads of
     a file) and quantized in runs of whole rows of at most ``_CHUNK_GROUPS``
     groups (at least one row), each padded to that compiled shape. A group
     size above ``K`` is one group of ``K``.
     """
+    ratios = CLIP_RATIOS if clip else (1.0,)
     if isinstance(w, Columns):
-        return _int4_columns(w, group_size, symmetric)
+        return _int4_columns(w, group_size, symmetric, ratios)
     rows = as_rows(w)
     n, k = rows.shape
     gs = k if group_size == -1 else min(group_size, k)
@@ -163,7 +169,7 @@ def quantize_int4(w, group_size: int = 128, symmetric: bool = False) -> Quantize
     run = max(1, _CHUNK_GROUPS // g)
     step = run * max(1, _CHUNK_ELEMENTS // (run * g * gs))
     bucket = max(_CHUNK_GROUPS, 1 << (g - 1).bit_length())
-    fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=CLIP_RATIOS)
+    fn = functools.partial(_grid_chunk, symmetric=symmetric, bits=4, ratios=ratios)
     parts = []
     for start in range(0, n, step):
         block = rows(start, min(n, start + step))
@@ -183,7 +189,7 @@ def _int4_rows(fn, w: np.ndarray, g: int, gs: int, bucket: int):
     return codes.reshape(r, g * gs)[:, :k], scale.reshape(r, g), zero.reshape(r, g)
 
 
-def _int4_columns(cols: Columns, group_size: int, symmetric: bool) -> QuantizedMatrix:
+def _int4_columns(cols: Columns, group_size: int, symmetric: bool, ratios) -> QuantizedMatrix:
     """``quantize_int4`` of a matrix held as ``[K, N]``: the same rule without a
     float copy of the matrix (the errors of two clip ratios equal to float
     rounding can tie-break the other way: 14 of 15.4M groups of the
@@ -204,7 +210,7 @@ def _int4_columns(cols: Columns, group_size: int, symmetric: bool) -> QuantizedM
         flat = _group_major(cols(start, min(k, start + step)), gs)
         first, width = start // gs * n, flat.shape[1]
         outs = [
-            (c, _column_slab(flat[:, c : c + _CHUNK_GROUPS], symmetric, half == 2, gs))
+            (c, _column_slab(flat[:, c : c + _CHUNK_GROUPS], symmetric, half == 2, gs, ratios))
             for c in range(0, width, _CHUNK_GROUPS)
         ]
         for c, out in outs:
@@ -235,13 +241,13 @@ def _group_major(block: np.ndarray, gs: int) -> np.ndarray:
     return block.reshape(m, gs, -1).transpose(1, 0, 2).reshape(gs, -1)
 
 
-def _column_slab(slab: np.ndarray, symmetric: bool, pack: bool, gs: int):
+def _column_slab(slab: np.ndarray, symmetric: bool, pack: bool, gs: int, ratios):
     """One ``[gs, _CHUNK_GROUPS]`` slab (zero-padded to it) through ``_columns_chunk``."""
     if slab.shape[1] != _CHUNK_GROUPS:
         padded = np.zeros((gs, _CHUNK_GROUPS), slab.dtype)
         padded[:, : slab.shape[1]] = slab
         slab = padded
-    return _columns_chunk(np.ascontiguousarray(slab), symmetric, pack, CLIP_RATIOS)
+    return _columns_chunk(np.ascontiguousarray(slab), symmetric, pack, ratios)
 
 
 @functools.partial(jax.jit, static_argnames=("symmetric", "pack", "ratios"))
@@ -367,7 +373,10 @@ def _best_candidate(w, channel, symmetric: bool, bits: int, ratios: tuple[float,
     w = w / jnp.expand_dims(unit, axis)
     magnitude = jnp.abs(w)
     weights = channel * (magnitude + jnp.mean(magnitude, axis=axis, keepdims=True))
-    best = _search(w, weights, jnp.asarray(ratios, w.dtype), symmetric, bits, axis)
+    if len(ratios) == 1:  # nothing to search: plain min/max when it is 1.0
+        best = jnp.asarray(ratios[0], w.dtype)
+    else:
+        best = _search(w, weights, jnp.asarray(ratios, w.dtype), symmetric, bits, axis)
     codes, scale, zero, _ = _candidate(w, weights, best, symmetric, bits, axis)
     return codes.astype(jnp.int8), scale * unit, zero.astype(jnp.int8)
 

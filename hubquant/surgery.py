@@ -105,6 +105,7 @@ def _adopt(layer, entries: list[PlanEntry]) -> None:
             *e.shape,
             input_scale=e.holds_input_scale,
             input_scale_rows=_input_scale_rows(e),
+            clip=e.clip,
         )
         for e in entries
     }

@@ -24,15 +24,19 @@ def int8(w: np.ndarray):
     return q.astype(np.int8), np.where(new < old, ls, scale).astype(np.float32)
 
 
-def int4(w: np.ndarray, group_size: int, symmetric: bool):
-    """Unpacked codes [N, K], scales [N, G], zero points [N, G] (or None)."""
+def int4(w: np.ndarray, group_size: int, symmetric: bool, clip: bool = True):
+    """Unpacked codes [N, K], scales [N, G], zero points [N, G] (or None);
+    ``clip`` False: each group's own min and max (the one ratio 1.0)."""
     n, k = w.shape
     gs = k if group_size == -1 else min(group_size, k)
     g = -(-k // gs)
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = w
     channel = np.ones(g * gs, np.float32)
-    codes, scale, zero = _search(padded.reshape(n, g, gs), channel.reshape(g, gs), symmetric)
+    ratios = CLIP_RATIOS if clip else (1.0,)
+    codes, scale, zero = _search(
+        padded.reshape(n, g, gs), channel.reshape(g, gs), symmetric, ratios
+    )
     return codes.reshape(n, g * gs)[:, :k], scale, None if symmetric else zero
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+import hubquant
 from hubquant.config import (
     KNOWN_ROLES,
     Config,
@@ -14,7 +15,7 @@ from hubquant.config import (
 from hubquant.errors import ConfigError
 
 ROLES = ", ".join(KNOWN_ROLES)
-RULE_KEYS = "match, mode, group_size, symmetric, algorithm, gptq, awq, optional"
+RULE_KEYS = "match, mode, group_size, symmetric, clip, algorithm, gptq, awq, optional"
 GROUP_SIZE = "expected a positive integer, or -1 for one group per channel"
 BLOCKS = (
     "expected a non-empty list of block indices (negative counts from the end) "
@@ -78,6 +79,19 @@ def test_rule_settings_keep_only_the_keys_it_sets():
 
 def test_group_size_minus_one_means_per_channel():
     assert parse("default: {group_size: -1}").default.group_size == -1
+
+
+def test_clip_off_reaches_the_plan_and_is_saved_only_when_off(fresh):
+    """The shipped int4 config rounds MLP groups between their own min and max."""
+    from hubquant.plan import PlanEntry
+
+    plan = hubquant.plan_for(fresh("llama3"), "int4")
+    off = {e.role for e in plan.quantized if not e.clip}
+    assert off == {"mlp.gate", "mlp.up", "mlp.down"}
+    for e in plan.quantized:
+        assert ("clip" in e.to_dict()) == (not e.clip)
+        assert PlanEntry.from_dict(e.to_dict()) == e
+    assert Options("int4", clip=False).to_dict()["clip"] is False
 
 
 def test_options_to_dict():
@@ -190,7 +204,11 @@ def test_optional_rules_are_never_reported_unmatched():
         (
             "default: {mdoe: int8}\n",
             "c.yaml: default: key 'mdoe': unknown key; expected one of mode, "
-            "group_size, symmetric, algorithm, gptq, awq. Received: mdoe='int8'",
+            "group_size, symmetric, clip, algorithm, gptq, awq. Received: mdoe='int8'",
+        ),
+        (
+            "default: {clip: 'no'}\n",
+            "c.yaml: default: key 'clip': expected true or false. Received: clip='no'",
         ),
         (
             "rules: {mode: int8}\n",

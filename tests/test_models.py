@@ -60,7 +60,7 @@ def test_quantized_values_equal_numpy_reference(family, config, fresh):
         if e.mode == "int8":
             ref_codes, ref_scale = ref_int8(w)
         else:
-            ref_codes, ref_scale, _ = ref_int4(w, e.group_size, e.symmetric)
+            ref_codes, ref_scale, _ = ref_int4(w, e.group_size, e.symmetric, e.clip)
             codes = unpack_int4(codes, e.shape[1])
         assert np.mean(codes == ref_codes) >= 0.99, e.path
         np.testing.assert_allclose(scale, ref_scale, rtol=1e-3, err_msg=e.path)

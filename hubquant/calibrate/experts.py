@@ -257,7 +257,8 @@ def _per_expert(w: np.ndarray, entry, stats: ExpertStats):
         we = w[e * out : (e + 1) * out]
         if stats.rows[e] < MIN_EXPERT_TOKENS:
             few.append(e)
-            parts.append(quantizers.quantize(we, entry.mode, entry.group_size, entry.symmetric))
+            args = (entry.mode, entry.group_size, entry.symmetric, entry.clip)
+            parts.append(quantizers.quantize(we, *args))
             scales.append(np.ones(w.shape[1], np.float32))
             continue
         matrix, scale = algorithms.quantize_matrix(we, entry, stats.expert(e))

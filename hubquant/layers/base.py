@@ -41,6 +41,8 @@ class MatrixSpec:
     # An expert bank keeps one input scale per expert: [input_scale_rows, K],
     # each row applying to its N / input_scale_rows consecutive output rows.
     input_scale_rows: int = 1
+    # int4: search each group's clipping range (False: its own min and max).
+    clip: bool = True
 
     @property
     def groups(self) -> int:
@@ -357,7 +359,7 @@ def _named(cls: type, name: str) -> type:
     return type(name, (cls,), {"__module__": cls.__module__})
 
 
-_DEFAULTS = {"input_scale": False, "input_scale_rows": 1}
+_DEFAULTS = {"input_scale": False, "input_scale_rows": 1, "clip": True}
 
 
 def _with_input_scale(spec: MatrixSpec, input_scale) -> MatrixSpec:
@@ -381,7 +383,7 @@ def source_dtype_of(layer) -> str:
 
 def _quantize(matrix, spec: MatrixSpec, path: str) -> quantizers.QuantizedMatrix:
     try:
-        return quantizers.quantize(matrix, spec.mode, spec.group_size, spec.symmetric)
+        return quantizers.quantize(matrix, spec.mode, spec.group_size, spec.symmetric, spec.clip)
     except quantizers.NonFiniteWeights as e:
         raise WeightsError(
             f"layer '{path}': its weights hold a non-finite value ({e}); hubquant does not "
