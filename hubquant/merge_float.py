@@ -30,6 +30,7 @@ from hubquant.layers.sharding import to_host
 from hubquant.paths import backbone_of, layer_at, walk
 from hubquant.plan import Plan, PlanEntry
 from hubquant.quantizers import quantize
+from hubquant.synthetic import DEFAULT_PRESET, default_preset
 from hubquant.tune.streamed import Streamed
 
 
@@ -140,6 +141,8 @@ def _form(norm) -> fold.NormForm:
 def _open(source: str, plan: Plan, backbone, layers: dict) -> Streamed:
     """``source``'s float model with every planned matrix left on disk, each
     adapted layer checked against the quantized one first."""
+    if source == DEFAULT_PRESET:  # the built-in default, written as a preset folder
+        source = default_preset()
     model, loader = stream.build_unloaded(source)
     float_backbone = backbone_of(model)
     for attr in layers:
