@@ -22,9 +22,7 @@ from hubquant import stream
 from hubquant.calibrate import blocks, fold
 from hubquant.calibrate.algorithms import new_stats, quantize_matrix
 from hubquant.calibrate.awq import awq_quantize
-from hubquant.calibrate.calibration import calibration_tokens
-from hubquant.calibrate.generate import require_generator
-from hubquant.calibrate.run import calibration_for
+from hubquant.calibrate.run import tokens_for
 from hubquant.errors import HubquantError
 from hubquant.layers.sharding import to_host
 from hubquant.paths import backbone_of, layer_at, walk
@@ -167,10 +165,5 @@ def _check_fits(float_layer, layer, attr: str, source: str) -> None:
 def _tokens(model, plan: Plan, calibration, source: str) -> np.ndarray:
     """The calibration token ids: ``calibration``, else the Plan's; text the
     float model generates where it names no files (as ``apply`` does)."""
-    if isinstance(calibration, np.ndarray):
-        return calibration.astype("int32")
-    cal = calibration_for(plan, calibration)
-    if cal.files:
-        return calibration_tokens(model, cal)
-    require_generator(model)
-    return stream.generated_by_float(source, cal, print)
+    given = stream.generated_unless_given(model, plan, source, calibration, print)
+    return tokens_for(model, plan, given)

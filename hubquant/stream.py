@@ -122,21 +122,31 @@ def _load(pending: Pending, on_layer, later: set) -> None:
 
 
 def _generated_first(pending: Pending, calibration, on_layer):
-    """``calibration``, or, where it has no files, the token ids the float
-    model generates. That model is loaded whole for it (generating runs every
-    block at every step) and dropped before streaming starts: it is the peak
+    """``calibration``, or the token ids the float model generates
+    (``generated_unless_given``) before streaming starts: that is the peak
     memory of a self-calibrated apply, and its text is that of the float model,
     not of one whose token table is already quantized."""
-    from hubquant.calibrate.generate import require_generator
     from hubquant.calibrate.run import reporter
+
+    preset = pending.loader.preset
+    report = reporter(on_layer)
+    return generated_unless_given(pending.model, pending.plan, preset, calibration, report)
+
+
+def generated_unless_given(model, plan: Plan, preset: str, calibration, report):
+    """``calibration`` (token ids, or a ``Calibration`` with files; by default
+    the Plan's), or, where it names no files, the token ids ``preset``'s float
+    model generates (``generated_by_float``). ``model`` is refused first, in one
+    line, if it cannot generate."""
+    from hubquant.calibrate.generate import require_generator
 
     if isinstance(calibration, np.ndarray):
         return calibration
-    cal = calibration_for(pending.plan, calibration)
+    cal = calibration_for(plan, calibration)
     if cal.files:
         return cal
-    require_generator(pending.model)  # before minutes of loading
-    return generated_by_float(pending.loader.preset, cal, reporter(on_layer))
+    require_generator(model)  # before minutes of loading
+    return generated_by_float(preset, cal, report)
 
 
 def generated_by_float(preset: str, cal, report) -> np.ndarray:
