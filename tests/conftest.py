@@ -22,6 +22,15 @@ FAMILIES = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_cache(tmp_path_factory):
+    """The compiled decode products are built once per session, into a
+    folder of its own (subprocesses inherit it), not the user's cache."""
+    if "HUBQUANT_CACHE" not in os.environ:
+        os.environ["HUBQUANT_CACHE"] = str(tmp_path_factory.mktemp("hubquant_cache"))
+    return os.environ["HUBQUANT_CACHE"]
+
+
 @pytest.fixture(scope="session")
 def float_presets(tmp_path_factory):
     """Each tiny family saved once as a float KerasHub preset folder."""

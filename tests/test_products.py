@@ -1,15 +1,19 @@
 """Few-row (decoding) products stay within their stated bound of the
-dequantizing path that many rows take.
+dequantizing path that many rows take, by both of their forms: the compiled
+custom calls (``native``) and the XLA forms taken without a compiler.
 
-int8: ``hubquant.layers.products`` splits each input row into two int8 parts,
-so an input element is off by at most ``max|x| / 64516`` and an output by at
-most that times the row's absolute weight sum. int4: the same weights summed
-in another order (one row: the zero points come off per group after the sum),
-so float32 rounding only. Checked on every quantized projection and the
-LM head of tiny Gemma and Llama models, int8 and several int4 layouts.
+int8 (XLA form): ``hubquant.layers.products`` splits each input row into two
+int8 parts, so an input element is off by at most ``max|x| / 64516`` and an
+output by at most that times the row's absolute weight sum. int4, and int8
+compiled: the same weights summed in another order (the zero points come off
+per group after the sum), so float32 rounding only. Checked on every quantized
+projection and the LM head of tiny Gemma and Llama models, int8 and several
+int4 layouts.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +22,7 @@ from keras import ops
 import hubquant
 from hubquant import synthetic
 from hubquant.config import parse_config
-from hubquant.layers import products
+from hubquant.layers import native, products
 
 CONFIGS = {
     "int8": "default: {mode: int8}\n",
@@ -63,8 +67,23 @@ def _bound(x: np.ndarray, weight_rows_abs: np.ndarray) -> np.ndarray:
     return row_max[:, None] * weight_rows_abs[None, :] * (1 / 64516 + 1e-5) + 1e-6
 
 
+needs_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler"
+)
+
+
+@pytest.fixture(params=["native", "xla"])
+def form(request, monkeypatch):
+    """Which form few-row products take: compiled, or XLA's (no compiler)."""
+    if request.param == "xla":
+        monkeypatch.setenv("HUBQUANT_NATIVE", "0")
+    elif not native.available():
+        pytest.skip("no compiled products here")
+    return request.param
+
+
 @pytest.mark.parametrize("rows", [1, 3])
-def test_projections_within_bound(quantized, rows):
+def test_projections_within_bound(quantized, rows, form):
     config, model = quantized
     rng = np.random.default_rng(0)
     checked = differs = 0
@@ -86,12 +105,12 @@ def test_projections_within_bound(quantized, rows):
         checked += 1
         differs += bool(np.any(got != want))
     assert checked >= 7
-    if config == "int8":
+    if config == "int8" and form == "xla":
         assert differs  # the integer product ran: it rounds unlike the float one
 
 
 @pytest.mark.parametrize("rows", [1, 2])
-def test_lm_head_within_bound(quantized, rows):
+def test_lm_head_within_bound(quantized, rows, form):
     embedding = quantized[1].backbone.token_embedding
     x = np.random.default_rng(1).standard_normal((rows, 1, embedding.output_dim))
     x = x.astype("float32")
@@ -103,7 +122,8 @@ def test_lm_head_within_bound(quantized, rows):
     assert np.all(np.abs(got - want).reshape(rows, -1) <= bound)
 
 
-def test_decoding_uses_row_product_and_many_rows_do_not():
+def test_decoding_uses_row_product_and_many_rows_do_not(monkeypatch):
+    monkeypatch.setenv("HUBQUANT_NATIVE", "0")
     spec = hubquant.layers.base.MatrixSpec("int4", 32, False, n=8, k=64)
     assert products.product_for(1, spec) == "int4 row"
     assert products.product_for(2, spec) == "int4 rows"
@@ -128,15 +148,30 @@ def smollm2_wide():
     return model
 
 
-def test_decode_takes_the_one_row_product_at_real_widths(smollm2_wide, monkeypatch):
+@needs_compiler
+def test_compiled_products_are_taken_where_a_compiler_is():
+    for rows in (1, products.FEW_ROWS):
+        for spec in (
+            hubquant.layers.base.MatrixSpec("int4", 128, False, n=1536, k=576),
+            hubquant.layers.base.MatrixSpec("int4", -1, True, n=8, k=63),
+            hubquant.layers.base.MatrixSpec("int8", -1, True, n=8, k=63),
+        ):
+            assert products.product_for(rows, spec) == f"{spec.mode} native"
+    assert products.product_for(products.FEW_ROWS + 1, spec) is None
+
+
+@pytest.mark.parametrize(
+    "form, product", [("native", "int4_product"), ("xla", "_int4_row")], indirect=["form"]
+)
+def test_decode_takes_the_fast_product_at_real_widths(smollm2_wide, monkeypatch, form, product):
     """Generating, every projection of a 576-wide block (a partial last group)
-    and the LM head read their packed codes through the one-row product, not
-    a float matrix."""
+    and the LM head read their packed codes through the compiled product (or,
+    without a compiler, XLA's one-row product), not a float matrix."""
     taken = []
-    one_row = products._int4_row
-    monkeypatch.setattr(
-        products, "_int4_row", lambda x, p, s: taken.append((s.n, s.k)) or one_row(x, p, s)
-    )
+    owner = native if form == "native" else products
+    fast = getattr(owner, product)
+    monkeypatch.setattr(owner, product, lambda *a: taken.append((a[-1].n, a[-1].k)) or fast(*a))
+    smollm2_wide.generate_function = None  # traced afresh for this form
     smollm2_wide.generate(["the cat"], max_length=8)
     head = (smollm2_wide.backbone.vocabulary_size, 576)
     q_o, kv, gate_up, down = (576, 576), (192, 576), (1536, 576), (576, 1536)

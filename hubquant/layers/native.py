@@ -1,0 +1,183 @@
+"""Compiled CPU products of a few float rows with int8 or int4 codes (decoding).
+
+XLA's CPU backend cannot read packed int4 codes inside a dot: every form of the
+product written in XLA operations either writes a float copy of the matrix or
+runs a reduction 2-3x slower than the float dot, so int4 decoded slower than
+float. ``rows.cc`` beside this file holds two XLA FFI custom calls that read
+the codes as stored (int4: each byte split into its two nibbles in registers,
+summed against the even and odd input elements, one scale per group; int8: one
+scale per row), in float32, with the output rows split over XLA's intra-op
+threads.
+
+The source is compiled on first use with the machine's C++ compiler (``$CXX``,
+else ``c++``) for this CPU, into ``$HUBQUANT_CACHE`` (default
+``~/.cache/hubquant``), named by a hash of everything that shapes the binary,
+and loaded from there afterwards. Products take the XLA forms of
+``products.py`` instead where no compiler works (one warning says so), with
+``HUBQUANT_NATIVE=0``, on any backend but JAX on the CPU, and under an active
+``keras.distribution`` (a custom call would gather sharded codes onto every
+device). Gradients with respect to the input flow through the dequantized
+matrix, so LoRA training on few rows works too.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+
+SOURCE = Path(__file__).with_name("rows.cc")
+_FLAGS = (
+    "-O3",
+    "-march=native",
+    "-mprefer-vector-width=512",
+    "-ffast-math",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-w",
+)
+
+
+def available() -> bool:
+    """Whether few-row products take the compiled custom calls here and now."""
+    if keras.config.backend() != "jax" or os.environ.get("HUBQUANT_NATIVE") == "0":
+        return False
+    if keras.distribution.distribution() is not None:
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu" and _registered()
+
+
+def int4_product(x, codes, scale, spec):
+    """``x @ W.T`` without zero points, for float32 rows ``x`` ``[M, 2w]`` (zero
+    past ``K``) and int4 ``codes`` ``[N, w]`` with ``scale`` ``[N, groups]``."""
+    return _int4_function(spec)(x, codes, scale)
+
+
+def int8_product(x, codes, scale):
+    """``x @ (codes * scale[:, None]).T`` for float32 rows ``x`` ``[M, K]``."""
+    return _int8_function()(x, codes, scale)
+
+
+@functools.cache
+def _int4_function(spec):
+    import jax
+
+    from hubquant.layers import products
+
+    group_bytes = np.int64(products.group_width(spec) // 2)
+    symmetric = replace(spec, symmetric=True)
+
+    def call(x, codes, scale):
+        pairs = x.reshape(x.shape[0], -1, 2)
+        out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
+        target = jax.ffi.ffi_call("hubquant_int4_rows", out)
+        return target(pairs[..., 0], pairs[..., 1], codes, scale, group_bytes=group_bytes)
+
+    def matrix(codes, scale):
+        return products.int4_matrix([codes, scale], symmetric)[:, : 2 * codes.shape[1]]
+
+    return with_input_gradient(call, matrix)
+
+
+@functools.cache
+def _int8_function():
+    import jax
+
+    def call(x, codes, scale):
+        out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
+        return jax.ffi.ffi_call("hubquant_int8_rows", out)(x, codes, scale)
+
+    def matrix(codes, scale):
+        return codes.astype("float32") * scale[:, None]
+
+    return with_input_gradient(call, matrix)
+
+
+def with_input_gradient(call, matrix):
+    """``call`` whose gradient with respect to ``x`` is ``g @ matrix`` (the
+    codes and scales are constants, as quantized variables are)."""
+    import jax
+
+    product = jax.custom_vjp(call)
+
+    def forward(x, codes, scale):
+        return call(x, codes, scale), (codes, scale)
+
+    def backward(saved, g):
+        return g @ matrix(*saved), None, None
+
+    product.defvjp(forward, backward)
+    return product
+
+
+@functools.cache
+def _registered() -> bool:
+    """Build (or find) the library and register its calls with XLA, once."""
+    import ctypes
+
+    import jax
+
+    try:
+        library = ctypes.cdll.LoadLibrary(str(_built()))
+    except (OSError, subprocess.SubprocessError) as error:
+        warnings.warn(
+            f"hubquant: the compiled decode products are unavailable ({error}); "
+            "int4 and int8 decoding take the slower XLA path.",
+            stacklevel=2,
+        )
+        return False
+    for name in ("hubquant_int4_rows", "hubquant_int8_rows"):
+        capsule = jax.ffi.pycapsule(getattr(library, name))
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return True
+
+
+def _built() -> Path:
+    """The compiled library, compiled now if this source, compiler and CPU
+    have none yet (written to a temporary name, then renamed into place)."""
+    import jax
+    import jaxlib
+
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise OSError("no C++ compiler found (set CXX)")
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), jaxlib.__version__, compiler, " ".join(_FLAGS)):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    key.update(_cpu_identity().encode())
+    folder = Path(os.environ.get("HUBQUANT_CACHE") or Path.home() / ".cache" / "hubquant")
+    target = folder / "native" / f"rows-{key.hexdigest()[:20]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(built)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise OSError(f"{Path(compiler).name} failed: {done.stderr.strip()[-300:]}")
+        os.replace(built, target)
+    return target
+
+
+def _cpu_identity() -> str:
+    """What ``-march=native`` depends on: the machine and its CPU flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags}"

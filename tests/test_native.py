@@ -1,0 +1,68 @@
+"""The compiled decode products: built once and reused, switched off on request
+or when no compiler works (a warning, then the XLA forms), and differentiable
+with respect to their input (LoRA training on a few rows)."""
+
+from __future__ import annotations
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import hubquant
+from hubquant import synthetic
+from hubquant.config import parse_config
+from hubquant.layers import native, products
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler"
+)
+
+
+def test_built_once_into_the_cache(native_cache):
+    first = native._built()
+    stamp = first.stat().st_mtime_ns
+    assert first.parent.parent == type(first)(native_cache)
+    assert native._built() == first and first.stat().st_mtime_ns == stamp
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    spec = hubquant.layers.base.MatrixSpec("int4", 128, False, n=8, k=256)
+    assert native.available()
+    monkeypatch.setenv("HUBQUANT_NATIVE", "0")
+    assert not native.available()
+    assert products.product_for(1, spec) == "int4 row"
+
+
+def test_a_failing_compiler_warns_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("HUBQUANT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(OSError):
+        native._built()
+    with pytest.warns(UserWarning, match="int4 and int8 decoding take the slower XLA path"):
+        assert native._registered.__wrapped__() is False
+    assert not any(tmp_path.rglob("*.so"))
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_input_gradient_equals_the_dequantized_one(mode, monkeypatch):
+    """d(sum(y^2))/dx through the few-row products of one row (compiled, and
+    XLA's) equals the one through the dequantizing path, within float32
+    rounding."""
+    model = synthetic.llama3_causal_lm(seed=0, num_layers=1)
+    hubquant.quantize(model, parse_config(f"default: {{mode: {mode}, group_size: 32}}\n", "c"))
+    layer = model.backbone.get_layer("transformer_layer_0")._feedforward_output_dense
+    x = np.random.default_rng(0).standard_normal((1, 1, layer.hubquant_specs["kernel"].k))
+
+    def gradient():
+        return np.asarray(jax.grad(lambda v: (layer(v) ** 2).sum())(x.astype("float32")))
+
+    assert products.product_for(1, layer.hubquant_specs["kernel"]) == f"{mode} native"
+    compiled = gradient()
+    monkeypatch.setenv("HUBQUANT_NATIVE", "0")
+    xla = gradient()
+    monkeypatch.setattr(products, "FEW_ROWS", 0)
+    want = gradient()
+    for got in (compiled, xla):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
