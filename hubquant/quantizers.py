@@ -13,6 +13,7 @@ bounded chunks of rows so that memory stays proportional to the chunk.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from dataclasses import dataclass
 
@@ -247,7 +248,32 @@ def _column_slab(slab: np.ndarray, symmetric: bool, pack: bool, gs: int, ratios)
         padded = np.zeros((gs, _CHUNK_GROUPS), slab.dtype)
         padded[:, : slab.shape[1]] = slab
         slab = padded
+    ahead = _AHEAD.get((gs, jnp.dtype(slab.dtype).name, symmetric, pack, ratios))
+    if ahead is not None:
+        ahead.result()  # compiled on a background thread: wait, do not compile twice
     return _columns_chunk(np.ascontiguousarray(slab), symmetric, pack, ratios)
+
+
+_AHEAD: dict[tuple, concurrent.futures.Future] = {}
+
+
+def compile_ahead(variants) -> None:
+    """Start compiling the int4 slab programs of ``variants`` (group size, float
+    dtype, symmetric, clip), each on a background thread, so that compiling
+    overlaps reading and quantizing the matrices before their first slab (on
+    this 2-core machine two variants compiled one after the other took 0.7 s
+    of a 1.8 s quantize). A slab waits for its own program."""
+    for gs, dtype, symmetric, clip in set(variants):
+        ratios = CLIP_RATIOS if clip else (1.0,)
+        key = (gs, jnp.dtype(dtype).name, symmetric, gs % 2 == 0, ratios)
+        if key not in _AHEAD:
+            slab = np.zeros((gs, _CHUNK_GROUPS), jnp.dtype(dtype))
+            _AHEAD[key] = _compiler().submit(_columns_chunk, slab, *key[2:])
+
+
+@functools.cache
+def _compiler() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="hubquant-compile")
 
 
 @functools.partial(jax.jit, static_argnames=("symmetric", "pack", "ratios"))

@@ -87,6 +87,7 @@ def read(pending: Pending, on_layer=None, calibration=None):
     if calibrated:  # generated text (no files) comes from the float model, read first
         calibration = _generated_first(pending, calibration, on_layer)
     later = {a for attrs in calibrated_by_block(plan).values() for a in attrs}
+    surgery.compile_ahead(plan)
     _load(pending, on_layer, later)
     if calibrated:
 

@@ -14,6 +14,7 @@ import math
 import keras
 from keras.dtype_policies import QuantizedDTypePolicy
 
+from hubquant import quantizers
 from hubquant.errors import ArtefactError
 from hubquant.keras_internals import unlocked
 from hubquant.layers import MatrixSpec
@@ -30,11 +31,23 @@ def swap_layers(backbone, plan: Plan) -> None:
 
 def quantize_layers(backbone, plan: Plan, on_layer=None) -> None:
     """Run each swapped layer's ``quantize()`` hook as the Plan says."""
+    compile_ahead(plan)
     for attr, entries in plan.layers().items():
         layer = layer_at(backbone, attr)
         layer.quantize(entries[0].mode)
         if on_layer is not None:
             on_layer(entries)
+
+
+def compile_ahead(plan: Plan) -> None:
+    """Start compiling the int4 programs the Plan's round-to-nearest kernels
+    will run (``quantizers.compile_ahead``)."""
+    quantizers.compile_ahead(
+        (min(e.shape[1], e.group_size) if e.group_size > 0 else e.shape[1], e.source_dtype,
+         e.symmetric, e.clip)
+        for e in plan.quantized
+        if e.mode == "int4" and e.algorithm == "rtn" and e.matrix == "kernel"
+    )  # fmt: skip
 
 
 def build_skeleton(backbone, plan: Plan) -> None:

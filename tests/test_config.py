@@ -82,12 +82,13 @@ def test_group_size_minus_one_means_per_channel():
 
 
 def test_clip_off_reaches_the_plan_and_is_saved_only_when_off(fresh):
-    """The shipped int4 config rounds MLP groups between their own min and max."""
+    """The shipped int4 config searches clipping in the query and key projections
+    only: the others round each group between its own min and max."""
     from hubquant.plan import PlanEntry
 
     plan = hubquant.plan_for(fresh("llama3"), "int4")
     off = {e.role for e in plan.quantized if not e.clip}
-    assert off == {"mlp.gate", "mlp.up", "mlp.down"}
+    assert off == {"attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"}
     for e in plan.quantized:
         assert ("clip" in e.to_dict()) == (not e.clip)
         assert PlanEntry.from_dict(e.to_dict()) == e
