@@ -11,7 +11,10 @@ Prints seconds for each and the ratio Keras / hubquant.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # as hubquant's own default (README)
 
 import keras
 import keras_hub
