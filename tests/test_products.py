@@ -161,16 +161,15 @@ def test_compiled_products_are_taken_where_a_compiler_is():
 
 
 @pytest.mark.parametrize(
-    "form, product", [("native", "int4_product"), ("xla", "_int4_row")], indirect=["form"]
+    "form, product", [("native", "_int4_native"), ("xla", "_int4_row")], indirect=["form"]
 )
 def test_decode_takes_the_fast_product_at_real_widths(smollm2_wide, monkeypatch, form, product):
     """Generating, every projection of a 576-wide block (a partial last group)
     and the LM head read their packed codes through the compiled product (or,
     without a compiler, XLA's one-row product), not a float matrix."""
     taken = []
-    owner = native if form == "native" else products
-    fast = getattr(owner, product)
-    monkeypatch.setattr(owner, product, lambda *a: taken.append((a[-1].n, a[-1].k)) or fast(*a))
+    fast = getattr(products, product)
+    monkeypatch.setattr(products, product, lambda *a: taken.append((a[-1].n, a[-1].k)) or fast(*a))
     smollm2_wide.generate_function = None  # traced afresh for this form
     smollm2_wide.generate(["the cat"], max_length=8)
     head = (smollm2_wide.backbone.vocabulary_size, 576)

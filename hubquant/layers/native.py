@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -60,55 +59,30 @@ def available() -> bool:
     return jax.default_backend() == "cpu" and _registered()
 
 
-def int4_product(x, codes, scale, spec):
+def int4_call(x, codes, scale, group_bytes: int):
     """``x @ W.T`` without zero points, for float32 rows ``x`` ``[M, 2w]`` (zero
-    past ``K``) and int4 ``codes`` ``[N, w]`` with ``scale`` ``[N, groups]``."""
-    return _int4_function(spec)(x, codes, scale)
+    past ``K``) and int4 ``codes`` ``[N, w]`` (two codes a byte) with ``scale``
+    ``[N, groups]``, each group ``group_bytes`` bytes (the last may be short)."""
+    import jax
+
+    pairs = x.reshape(x.shape[0], -1, 2)
+    out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
+    target = jax.ffi.ffi_call("hubquant_int4_rows", out)
+    return target(pairs[..., 0], pairs[..., 1], codes, scale, group_bytes=np.int64(group_bytes))
 
 
-def int8_product(x, codes, scale):
+def int8_call(x, codes, scale):
     """``x @ (codes * scale[:, None]).T`` for float32 rows ``x`` ``[M, K]``."""
-    return _int8_function()(x, codes, scale)
-
-
-@functools.cache
-def _int4_function(spec):
     import jax
 
-    from hubquant.layers import products
-
-    group_bytes = np.int64(products.group_width(spec) // 2)
-    symmetric = replace(spec, symmetric=True)
-
-    def call(x, codes, scale):
-        pairs = x.reshape(x.shape[0], -1, 2)
-        out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
-        target = jax.ffi.ffi_call("hubquant_int4_rows", out)
-        return target(pairs[..., 0], pairs[..., 1], codes, scale, group_bytes=group_bytes)
-
-    def matrix(codes, scale):
-        return products.int4_matrix([codes, scale], symmetric)[:, : 2 * codes.shape[1]]
-
-    return with_input_gradient(call, matrix)
-
-
-@functools.cache
-def _int8_function():
-    import jax
-
-    def call(x, codes, scale):
-        out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
-        return jax.ffi.ffi_call("hubquant_int8_rows", out)(x, codes, scale)
-
-    def matrix(codes, scale):
-        return codes.astype("float32") * scale[:, None]
-
-    return with_input_gradient(call, matrix)
+    out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
+    return jax.ffi.ffi_call("hubquant_int8_rows", out)(x, codes, scale)
 
 
 def with_input_gradient(call, matrix):
-    """``call`` whose gradient with respect to ``x`` is ``g @ matrix`` (the
-    codes and scales are constants, as quantized variables are)."""
+    """``call(x, codes, scale)`` whose gradient with respect to ``x`` is
+    ``g @ matrix(codes, scale)`` (codes and scales are constants, as quantized
+    variables are)."""
     import jax
 
     product = jax.custom_vjp(call)

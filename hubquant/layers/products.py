@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 from keras import ops
@@ -70,7 +70,7 @@ def row_product(x, parts: list, spec):
         x = x * parts[-1][None, :]
     kind = product_for(x.shape[0], spec)
     if kind == "int8 native":
-        return native.int8_product(x, *map(ops.convert_to_tensor, parts[:2]))
+        return _native_int8()(x, *map(ops.convert_to_tensor, parts[:2]))
     if kind == "int4 native":
         return _int4_native(x, parts, spec)
     if kind == "int8 rows":
@@ -124,8 +124,26 @@ def _int_dot(a, codes):
 def _int4_native(x, parts: list, spec):
     """``x @ W.T`` for float32 rows and int4 ``parts`` by the compiled call."""
     codes, scale = (ops.convert_to_tensor(p) for p in parts[:2])
-    y = native.int4_product(_pad_last(x, 2 * codes.shape[1]), codes, scale, spec)
+    y = _native_int4(spec)(_pad_last(x, 2 * codes.shape[1]), codes, scale)
     return y - _zero_offsets(x, parts, spec) if spec.has_zero else y
+
+
+@functools.cache
+def _native_int4(spec):
+    """The compiled int4 product for ``spec``, differentiable in its input."""
+    group_bytes = group_width(spec) // 2
+    symmetric = replace(spec, symmetric=True)  # zero points come off outside
+    return native.with_input_gradient(
+        lambda x, codes, scale: native.int4_call(x, codes, scale, group_bytes),
+        lambda codes, scale: int4_matrix([codes, scale], symmetric)[:, : 2 * codes.shape[1]],
+    )
+
+
+@functools.cache
+def _native_int8():
+    return native.with_input_gradient(
+        native.int8_call, lambda codes, scale: ops.cast(codes, "float32") * scale[:, None]
+    )
 
 
 def _zero_offsets(x, parts: list, spec):
