@@ -1,6 +1,7 @@
-"""The compiled decode products: built once and reused, switched off on request
-or when no compiler works (a warning, then the XLA forms), and differentiable
-with respect to their input (LoRA training on a few rows)."""
+"""The compiled decode products: built once and reused, harmless to the
+process's floating point, switched off on request or when no compiler works (a
+warning, then the XLA forms), and differentiable with respect to their input
+(LoRA training on a few rows)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ def test_built_once_into_the_cache(native_cache):
     stamp = first.stat().st_mtime_ns
     assert first.parent.parent == type(first)(native_cache)
     assert native._built() == first and first.stat().st_mtime_ns == stamp
+
+
+def test_loading_keeps_the_process_floating_point_state():
+    """The library is built without -ffast-math, whose start-up code would make
+    every later float operation of the process flush subnormals to zero."""
+    assert native._registered()
+    tiny = np.nextafter(np.float64(0), 1)
+    assert tiny * np.float64(1.0) > 0 and np.float32(1e-45) * np.float32(1.0) > 0
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -82,7 +82,12 @@ def form(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("rows", [1, 3])
+# The XLA forms at one row: int8's split input and int4's one-row reduction
+# (2 to 16 rows, int4's XLA form is the dequantized matrix's product).
+FORMS = [(1, "native"), (3, "native"), (1, "xla")]
+
+
+@pytest.mark.parametrize("rows, form", FORMS, indirect=["form"])
 def test_projections_within_bound(quantized, rows, form):
     config, model = quantized
     rng = np.random.default_rng(0)
@@ -109,7 +114,7 @@ def test_projections_within_bound(quantized, rows, form):
         assert differs  # the integer product ran: it rounds unlike the float one
 
 
-@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("rows, form", FORMS, indirect=["form"])
 def test_lm_head_within_bound(quantized, rows, form):
     embedding = quantized[1].backbone.token_embedding
     x = np.random.default_rng(1).standard_normal((rows, 1, embedding.output_dim))
