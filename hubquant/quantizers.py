@@ -47,6 +47,11 @@ class QuantizedMatrix:
     zero: np.ndarray | None  # int8 [N, G] for asymmetric int4, else None
 
 
+def group_length(k: int, group_size: int) -> int:
+    """Values per group as quantized (a group size of -1 or above ``K``: ``K``)."""
+    return k if group_size == -1 else min(group_size, k)
+
+
 def num_groups(k: int, group_size: int) -> int:
     """Number of groups along a reduction axis of length ``k``."""
     return 1 if group_size == -1 else -(-k // group_size)
@@ -165,7 +170,7 @@ def quantize_int4(
         return _int4_columns(w, group_size, symmetric, ratios)
     rows = as_rows(w)
     n, k = rows.shape
-    gs = k if group_size == -1 else min(group_size, k)
+    gs = group_length(k, group_size)
     g = num_groups(k, gs)
     run = max(1, _CHUNK_GROUPS // g)
     step = run * max(1, _CHUNK_ELEMENTS // (run * g * gs))
@@ -202,7 +207,7 @@ def _int4_columns(cols: Columns, group_size: int, symmetric: bool, ratios) -> Qu
     transposed in that call. A block's slabs are all dispatched before any
     result is read back."""
     n, k = cols.shape
-    gs = k if group_size == -1 else min(group_size, k)
+    gs = group_length(k, group_size)
     g, half = num_groups(k, gs), 2 if gs % 2 == 0 else 1
     codes = np.empty((g * n, gs // half), np.int8)  # row: group * N + output channel
     scale, zero = np.empty(g * n, np.float32), np.empty(g * n, np.int8)
@@ -258,12 +263,13 @@ _AHEAD: dict[tuple, concurrent.futures.Future] = {}
 
 
 def compile_ahead(variants) -> None:
-    """Start compiling the int4 slab programs of ``variants`` (group size, float
-    dtype, symmetric, clip), each on a background thread, so that compiling
+    """Start compiling the int4 slab programs of ``variants`` (``K``, group size,
+    float dtype, symmetric, clip), each on a background thread, so that compiling
     overlaps reading and quantizing the matrices before their first slab (on
     this 2-core machine two variants compiled one after the other took 0.7 s
     of a 1.8 s quantize). A slab waits for its own program."""
-    for gs, dtype, symmetric, clip in set(variants):
+    for k, group_size, dtype, symmetric, clip in set(variants):
+        gs = group_length(k, group_size)
         ratios = CLIP_RATIOS if clip else (1.0,)
         key = (gs, jnp.dtype(dtype).name, symmetric, gs % 2 == 0, ratios)
         if key not in _AHEAD:
@@ -314,7 +320,7 @@ def requantize_on_grid(w, mode: str, group_size: int, kept: QuantizedMatrix) -> 
         return QuantizedMatrix(codes, scale, None)
     n, k = w.shape
     g = kept.scale.shape[1]
-    gs = k if group_size == -1 else min(group_size, k)
+    gs = group_length(k, group_size)
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = w
     zero = np.zeros_like(kept.scale) if kept.zero is None else kept.zero.astype(np.float32)
@@ -357,7 +363,7 @@ def dequantize(matrix: QuantizedMatrix, k: int, group_size: int | None = None) -
         return matrix.codes.astype(np.float32) * matrix.scale[:, None]
     q = unpack_int4(matrix.codes, k).astype(np.float32)
     n = q.shape[0]
-    gs = k if group_size == -1 else min(group_size, k)
+    gs = group_length(k, group_size)
     g = matrix.scale.shape[1]
     padded = np.zeros((n, g * gs), np.float32)
     padded[:, :k] = q

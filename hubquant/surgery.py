@@ -43,11 +43,10 @@ def compile_ahead(plan: Plan) -> None:
     """Start compiling the int4 programs the Plan's round-to-nearest kernels
     will run (``quantizers.compile_ahead``)."""
     quantizers.compile_ahead(
-        (min(e.shape[1], e.group_size) if e.group_size > 0 else e.shape[1], e.source_dtype,
-         e.symmetric, e.clip)
+        (e.shape[1], e.group_size, e.source_dtype, e.symmetric, e.clip)
         for e in plan.quantized
         if e.mode == "int4" and e.algorithm == "rtn" and e.matrix == "kernel"
-    )  # fmt: skip
+    )
 
 
 def build_skeleton(backbone, plan: Plan) -> None:

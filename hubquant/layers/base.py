@@ -341,7 +341,7 @@ class QuantizedLayerMixin:
     def _dequantized_f32(spec: MatrixSpec, parts: list):
         codes, scale = parts[0], parts[1]
         if spec.mode == "int8":
-            return ops.cast(codes, "float32") * scale[:, None]
+            return products.int8_matrix(codes, scale)
         return products.int4_matrix(parts, spec)[:, : spec.k]
 
     def _spec_config(self) -> dict:

@@ -92,8 +92,7 @@ def _int8_rows(x, codes, scale):
 @functools.cache
 def _int8_differentiable():
     return native.with_input_gradient(
-        lambda x, codes, scale: _int8_product(x, codes) * scale[None, :],
-        lambda codes, scale: ops.cast(codes, "float32") * scale[:, None],
+        lambda x, codes, scale: _int8_product(x, codes) * scale[None, :], int8_matrix
     )
 
 
@@ -141,9 +140,12 @@ def _native_int4(spec):
 
 @functools.cache
 def _native_int8():
-    return native.with_input_gradient(
-        native.int8_call, lambda codes, scale: ops.cast(codes, "float32") * scale[:, None]
-    )
+    return native.with_input_gradient(native.int8_call, int8_matrix)
+
+
+def int8_matrix(codes, scale):
+    """The float32 int8 matrix: each row's codes times its scale."""
+    return ops.cast(codes, "float32") * scale[:, None]
 
 
 def _zero_offsets(x, parts: list, spec):
