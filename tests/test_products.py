@@ -1,11 +1,12 @@
-"""Few-row (decoding) products stay within their stated bound of the
-dequantizing path that many rows take, by both of their forms: the compiled
-custom calls (``native``) and the XLA forms taken without a compiler.
+"""Products with quantized matrices stay within their stated bound of the
+dequantizing path (a float matrix, then XLA's product), by every form: the
+compiled custom calls for few rows (decoding) and for many (a prefill), and the
+XLA forms taken without a compiler.
 
 int8 (XLA form): ``hubquant.layers.products`` splits each input row into two
 int8 parts, so an input element is off by at most ``max|x| / 64516`` and an
 output by at most that times the row's absolute weight sum. int4, and int8
-compiled: the same weights summed in another order (the zero points come off
+compiled (few rows or many): the same weights summed in another order (the zero points come off
 per group after the sum), so float32 rounding only. Checked on every quantized
 projection and the LM head of tiny Gemma and Llama models, int8 and several
 int4 layouts.
@@ -13,6 +14,7 @@ int4 layouts.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -43,13 +45,18 @@ def quantized(request):
 
 
 def _dequantizing(fn, *args, **kwargs):
-    """``fn`` with the few-row product switched off (every call dequantizes)."""
-    saved = products.FEW_ROWS
+    """``fn`` with the row products switched off (every call dequantizes)."""
+    saved, switch = products.FEW_ROWS, os.environ.get("HUBQUANT_NATIVE")
     products.FEW_ROWS = 0
+    os.environ["HUBQUANT_NATIVE"] = "0"
     try:
         return np.asarray(fn(*args, **kwargs), np.float64)
     finally:
         products.FEW_ROWS = saved
+        if switch is None:
+            del os.environ["HUBQUANT_NATIVE"]
+        else:
+            os.environ["HUBQUANT_NATIVE"] = switch
 
 
 def _projections(model):
@@ -83,8 +90,9 @@ def form(request, monkeypatch):
 
 
 # The XLA forms at one row: int8's split input and int4's one-row reduction
-# (2 to 16 rows, int4's XLA form is the dequantized matrix's product).
-FORMS = [(1, "native"), (3, "native"), (1, "xla")]
+# (2 to 16 rows, int4's XLA form is the dequantized matrix's product). 29 rows:
+# the compiled many-row product, with a partial tile of rows.
+FORMS = [(1, "native"), (3, "native"), (29, "native"), (1, "xla")]
 
 
 @pytest.mark.parametrize("rows, form", FORMS, indirect=["form"])
@@ -133,7 +141,7 @@ def test_decoding_uses_row_product_and_many_rows_do_not(monkeypatch):
     assert products.product_for(1, spec) == "int4 row"
     assert products.product_for(2, spec) == "int4 rows"
     assert products.product_for(products.FEW_ROWS, spec) == "int4 rows"
-    assert products.product_for(products.FEW_ROWS + 1, spec) is None
+    assert products.product_for(products.FEW_ROWS + 1, spec) is None  # dequantizing
     assert products.product_for(None, spec) is None
     odd_groups = hubquant.layers.base.MatrixSpec("int4", 33, False, n=8, k=66)
     assert products.product_for(1, odd_groups) is None
@@ -162,7 +170,8 @@ def test_compiled_products_are_taken_where_a_compiler_is():
             hubquant.layers.base.MatrixSpec("int8", -1, True, n=8, k=63),
         ):
             assert products.product_for(rows, spec) == f"{spec.mode} native"
-    assert products.product_for(products.FEW_ROWS + 1, spec) is None
+            assert products.product_for(512 + rows, spec) == f"{spec.mode} tiles"
+    assert products.product_for(None, spec) is None
 
 
 @pytest.mark.parametrize(
@@ -174,13 +183,32 @@ def test_decode_takes_the_fast_product_at_real_widths(smollm2_wide, monkeypatch,
     without a compiler, XLA's one-row product), not a float matrix."""
     taken = []
     fast = getattr(products, product)
-    monkeypatch.setattr(products, product, lambda *a: taken.append((a[-1].n, a[-1].k)) or fast(*a))
+    monkeypatch.setattr(products, product, lambda *a: taken.append((a[2].n, a[2].k)) or fast(*a))
     smollm2_wide.generate_function = None  # traced afresh for this form
     smollm2_wide.generate(["the cat"], max_length=8)
     head = (smollm2_wide.backbone.vocabulary_size, 576)
     q_o, kv, gate_up, down = (576, 576), (192, 576), (1536, 576), (576, 1536)
     assert sorted(set(taken)) == sorted({q_o, kv, gate_up, down, head})
     assert len(taken) >= 8  # q, k, v, o, gate, up, down and the LM head
+
+
+@needs_compiler
+def test_prefill_takes_the_compiled_many_row_product_at_real_widths(smollm2_wide, monkeypatch):
+    """A 40-token forward pass of a 576-wide block: every projection and the LM
+    head multiply the packed codes by the compiled many-row product."""
+    if not native.available():
+        pytest.skip("no compiled products here")
+    taken = []
+    fast = products._int4_native
+    monkeypatch.setattr(
+        products, "_int4_native", lambda *a: taken.append((a[2].n, a[2].k, a[3])) or fast(*a)
+    )
+    ids = np.arange(40, dtype="int32")[None] % 100
+    hidden = smollm2_wide.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    smollm2_wide.backbone.token_embedding(hidden, reverse=True)
+    head = (smollm2_wide.backbone.vocabulary_size, 576, "int4 tiles")
+    shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+    assert sorted(set(taken)) == sorted({*((n, k, "int4 tiles") for n, k in shapes), head})
 
 
 def _input_shape(layer, rows: int) -> tuple:

@@ -35,7 +35,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-SOURCE = Path(__file__).with_name("rows.cc")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("rows.cc", "tiles.cc"))
+TARGETS = ("hubquant_int4_rows", "hubquant_int8_rows", "hubquant_int4_tiles", "hubquant_int8_tiles")
 # Sums may be reordered (so loops vectorize), but not -ffast-math: linked into a
 # shared library it sets the CPU to flush subnormals to zero for the whole
 # process (numpy included) as soon as the library loads.
@@ -65,23 +66,40 @@ def available() -> bool:
 
 
 def int4_call(x, codes, scale, group_bytes: int):
-    """``x @ W.T`` without zero points, for float32 rows ``x`` ``[M, 2w]`` (zero
-    past ``K``) and int4 ``codes`` ``[N, w]`` (two codes a byte) with ``scale``
-    ``[N, groups]``, each group ``group_bytes`` bytes (the last may be short)."""
-    import jax
-
+    """``x @ W.T`` without zero points, for at most 16 float32 rows ``x``
+    ``[M, 2w]`` (zero past ``K``) and int4 ``codes`` ``[N, w]`` (two codes a
+    byte) with ``scale`` ``[N, groups]``, each group ``group_bytes`` bytes (the
+    last may be short)."""
     pairs = x.reshape(x.shape[0], -1, 2)
-    out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
-    target = jax.ffi.ffi_call("hubquant_int4_rows", out)
-    return target(pairs[..., 0], pairs[..., 1], codes, scale, group_bytes=np.int64(group_bytes))
+    bytes_ = np.int64(group_bytes)
+    return _call(
+        "hubquant_int4_rows", pairs[..., 0], pairs[..., 1], codes, scale, group_bytes=bytes_
+    )
 
 
 def int8_call(x, codes, scale):
-    """``x @ (codes * scale[:, None]).T`` for float32 rows ``x`` ``[M, K]``."""
+    """``x @ (codes * scale[:, None]).T`` for at most 16 float32 rows ``x`` ``[M, K]``."""
+    return _call("hubquant_int8_rows", x, codes, scale)
+
+
+def int4_tiles_call(x, codes, scale, group_bytes: int):
+    """``int4_call`` for any number of rows (compute-bound: panels of the
+    matrix decoded into cache, then multiplied with every row)."""
+    return _call("hubquant_int4_tiles", x, codes, scale, group_bytes=np.int64(group_bytes))
+
+
+def int8_tiles_call(x, codes, scale):
+    """``int8_call`` for any number of rows."""
+    return _call("hubquant_int8_tiles", x, codes, scale)
+
+
+def _call(target: str, *args, **attributes):
+    """The custom call ``target`` on ``args`` (the input rows first, then codes
+    and scale): float32 ``[rows, N]`` out."""
     import jax
 
-    out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
-    return jax.ffi.ffi_call("hubquant_int8_rows", out)(x, codes, scale)
+    out = jax.ShapeDtypeStruct((args[0].shape[0], args[-2].shape[0]), "float32")
+    return jax.ffi.ffi_call(target, out)(*args, **attributes)
 
 
 def with_input_gradient(call, matrix):
@@ -118,7 +136,7 @@ def _registered() -> bool:
             stacklevel=2,
         )
         return False
-    for name in ("hubquant_int4_rows", "hubquant_int8_rows"):
+    for name in TARGETS:
         capsule = jax.ffi.pycapsule(getattr(library, name))
         jax.ffi.register_ffi_target(name, capsule, platform="cpu")
     return True
@@ -134,7 +152,8 @@ def _built() -> Path:
     if not compiler:
         raise OSError("no C++ compiler found (set CXX)")
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), jaxlib.__version__, compiler, " ".join(_FLAGS)):
+    parts = [*(source.read_bytes() for source in SOURCES), jaxlib.__version__, compiler]
+    for part in (*parts, " ".join(_FLAGS)):
         key.update(part if isinstance(part, bytes) else part.encode())
     key.update(_cpu_identity().encode())
     folder = Path(os.environ.get("HUBQUANT_CACHE") or Path.home() / ".cache" / "hubquant")
@@ -144,7 +163,8 @@ def _built() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(built)]
+        sources = [str(source) for source in SOURCES]
+        command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", *sources, "-o", str(built)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise OSError(f"{Path(compiler).name} failed: {done.stderr.strip()[-300:]}")

@@ -49,13 +49,16 @@ _LO = 254.0
 
 
 def product_for(rows: int | None, spec) -> str | None:
-    """Which product ``rows`` input rows (None: unknown) take: ``"int8 native"``,
-    ``"int4 native"`` (compiled), ``"int8 rows"``, ``"int4 row"``, ``"int4 rows"``
-    (XLA forms), or None for the layer's dequantizing path."""
-    if rows is None or rows > FEW_ROWS:
+    """Which product ``rows`` input rows (None: unknown) take: compiled
+    ``"int8 native"`` / ``"int4 native"`` (few rows) or ``"int8 tiles"`` /
+    ``"int4 tiles"`` (more), the XLA forms ``"int8 rows"``, ``"int4 row"``,
+    ``"int4 rows"``, or None for the layer's dequantizing path."""
+    if rows is None:
         return None
     if spec.mode == "int4" and group_width(spec) % 2:  # odd groups split bytes
         return None
+    if rows > FEW_ROWS:
+        return f"{spec.mode} tiles" if native.available() else None
     if native.available():
         return f"{spec.mode} native"
     if spec.mode == "int8":
@@ -69,10 +72,10 @@ def row_product(x, parts: list, spec):
     if spec.input_scale:
         x = x * parts[-1][None, :]
     kind = product_for(x.shape[0], spec)
-    if kind == "int8 native":
-        return _native_int8()(x, *map(ops.convert_to_tensor, parts[:2]))
-    if kind == "int4 native":
-        return _int4_native(x, parts, spec)
+    if kind in ("int8 native", "int8 tiles"):
+        return _native_int8(kind)(x, *map(ops.convert_to_tensor, parts[:2]))
+    if kind in ("int4 native", "int4 tiles"):
+        return _int4_native(x, parts, spec, kind)
     if kind == "int8 rows":
         return _int8_rows(x, *map(ops.convert_to_tensor, parts[:2]))
     if kind == "int4 row":
@@ -120,27 +123,29 @@ def _int_dot(a, codes):
     return ops.matmul(a, ops.transpose(codes))
 
 
-def _int4_native(x, parts: list, spec):
-    """``x @ W.T`` for float32 rows and int4 ``parts`` by the compiled call."""
+def _int4_native(x, parts: list, spec, kind: str):
+    """``x @ W.T`` for float32 rows and int4 ``parts`` by a compiled call."""
     codes, scale = (ops.convert_to_tensor(p) for p in parts[:2])
-    y = _native_int4(spec)(_pad_last(x, 2 * codes.shape[1]), codes, scale)
+    y = _native_int4(spec, kind)(_pad_last(x, 2 * codes.shape[1]), codes, scale)
     return y - _zero_offsets(x, parts, spec) if spec.has_zero else y
 
 
 @functools.cache
-def _native_int4(spec):
-    """The compiled int4 product for ``spec``, differentiable in its input."""
+def _native_int4(spec, kind: str):
+    """The compiled int4 product ``kind`` for ``spec``, differentiable in its input."""
     group_bytes = group_width(spec) // 2
     symmetric = replace(spec, symmetric=True)  # zero points come off outside
+    call = native.int4_call if kind == "int4 native" else native.int4_tiles_call
     return native.with_input_gradient(
-        lambda x, codes, scale: native.int4_call(x, codes, scale, group_bytes),
+        lambda x, codes, scale: call(x, codes, scale, group_bytes),
         lambda codes, scale: int4_matrix([codes, scale], symmetric)[:, : 2 * codes.shape[1]],
     )
 
 
 @functools.cache
-def _native_int8():
-    return native.with_input_gradient(native.int8_call, int8_matrix)
+def _native_int8(kind: str):
+    call = native.int8_call if kind == "int8 native" else native.int8_tiles_call
+    return native.with_input_gradient(call, int8_matrix)
 
 
 def int8_matrix(codes, scale):
