@@ -54,20 +54,22 @@ def test_a_failing_compiler_warns_and_falls_back(monkeypatch, tmp_path):
     assert not any(tmp_path.rglob("*.so"))
 
 
+@pytest.mark.parametrize("rows", [1, 24])
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_input_gradient_equals_the_dequantized_one(mode, monkeypatch):
-    """d(sum(y^2))/dx through the few-row products of one row (compiled, and
-    XLA's) equals the one through the dequantizing path, within float32
-    rounding."""
+def test_input_gradient_equals_the_dequantized_one(mode, rows, monkeypatch):
+    """d(sum(y^2))/dx through the compiled products of one row and of many
+    rows (and XLA's forms) equals the one through the dequantizing path,
+    within float32 rounding."""
     model = synthetic.llama3_causal_lm(seed=0, num_layers=1)
     hubquant.quantize(model, parse_config(f"default: {{mode: {mode}, group_size: 32}}\n", "c"))
     layer = model.backbone.get_layer("transformer_layer_0")._feedforward_output_dense
-    x = np.random.default_rng(0).standard_normal((1, 1, layer.hubquant_specs["kernel"].k))
+    x = np.random.default_rng(0).standard_normal((rows, 1, layer.hubquant_specs["kernel"].k))
 
     def gradient():
         return np.asarray(jax.grad(lambda v: (layer(v) ** 2).sum())(x.astype("float32")))
 
-    assert products.product_for(1, layer.hubquant_specs["kernel"]) == f"{mode} native"
+    kind = "native" if rows == 1 else "tiles"
+    assert products.product_for(rows, layer.hubquant_specs["kernel"]) == f"{mode} {kind}"
     compiled = gradient()
     monkeypatch.setenv("HUBQUANT_NATIVE", "0")
     xla = gradient()

@@ -72,49 +72,49 @@ def int4_call(x, codes, scale, group_bytes: int):
     last may be short)."""
     pairs = x.reshape(x.shape[0], -1, 2)
     bytes_ = np.int64(group_bytes)
-    return _call(
-        "hubquant_int4_rows", pairs[..., 0], pairs[..., 1], codes, scale, group_bytes=bytes_
-    )
+    even, odd = pairs[..., 0], pairs[..., 1]
+    return _call("hubquant_int4_rows", x, codes, even, odd, codes, scale, group_bytes=bytes_)
 
 
 def int8_call(x, codes, scale):
     """``x @ (codes * scale[:, None]).T`` for at most 16 float32 rows ``x`` ``[M, K]``."""
-    return _call("hubquant_int8_rows", x, codes, scale)
+    return _call("hubquant_int8_rows", x, codes, x, codes, scale)
 
 
-def int4_tiles_call(x, codes, scale, group_bytes: int):
-    """``int4_call`` for any number of rows (compute-bound: panels of the
+def int4_tiles_call(x, codes, scale, zero, group_bytes: int):
+    """``x @ W.T`` for any number of float32 rows ``x`` ``[M, 2w]`` (zero past
+    ``K``), zero points ``[N, groups]`` included (compute-bound: panels of the
     matrix decoded into cache, then multiplied with every row)."""
-    return _call("hubquant_int4_tiles", x, codes, scale, group_bytes=np.int64(group_bytes))
+    bytes_ = np.int64(group_bytes)
+    return _call("hubquant_int4_tiles", x, codes, x, codes, scale, zero, group_bytes=bytes_)
 
 
 def int8_tiles_call(x, codes, scale):
     """``int8_call`` for any number of rows."""
-    return _call("hubquant_int8_tiles", x, codes, scale)
+    return _call("hubquant_int8_tiles", x, codes, x, codes, scale)
 
 
-def _call(target: str, *args, **attributes):
-    """The custom call ``target`` on ``args`` (the input rows first, then codes
-    and scale): float32 ``[rows, N]`` out."""
+def _call(target: str, x, codes, *args, **attributes):
+    """The custom call ``target`` on ``args``: float32 ``[rows of x, rows of codes]``."""
     import jax
 
-    out = jax.ShapeDtypeStruct((args[0].shape[0], args[-2].shape[0]), "float32")
+    out = jax.ShapeDtypeStruct((x.shape[0], codes.shape[0]), "float32")
     return jax.ffi.ffi_call(target, out)(*args, **attributes)
 
 
 def with_input_gradient(call, matrix):
-    """``call(x, codes, scale)`` whose gradient with respect to ``x`` is
-    ``g @ matrix(codes, scale)`` (codes and scales are constants, as quantized
-    variables are)."""
+    """``call(x, codes, scale, ...)`` whose gradient with respect to ``x`` is
+    ``g @ matrix(codes, scale, ...)`` (codes, scales and zero points are
+    constants, as quantized variables are)."""
     import jax
 
     product = jax.custom_vjp(call)
 
-    def forward(x, codes, scale):
-        return call(x, codes, scale), (codes, scale)
+    def forward(x, *parts):
+        return call(x, *parts), parts
 
-    def backward(saved, g):
-        return g @ matrix(*saved), None, None
+    def backward(parts, g):
+        return g @ matrix(*parts), *(None for _ in parts)
 
     product.defvjp(forward, backward)
     return product

@@ -124,21 +124,36 @@ def _int_dot(a, codes):
 
 
 def _int4_native(x, parts: list, spec, kind: str):
-    """``x @ W.T`` for float32 rows and int4 ``parts`` by a compiled call."""
+    """``x @ W.T`` for float32 rows and int4 ``parts`` by a compiled call (the
+    few-row one leaves the zero points to XLA, the many-row one decodes them)."""
     codes, scale = (ops.convert_to_tensor(p) for p in parts[:2])
-    y = _native_int4(spec, kind)(_pad_last(x, 2 * codes.shape[1]), codes, scale)
+    x_pad = _pad_last(x, 2 * codes.shape[1])
+    if kind == "int4 tiles":
+        zero = parts[2] if spec.has_zero else ops.zeros(scale.shape, "int8")
+        return _tiles_int4(spec)(x_pad, codes, scale, ops.convert_to_tensor(zero))
+    y = _rows_int4(spec)(x_pad, codes, scale)
     return y - _zero_offsets(x, parts, spec) if spec.has_zero else y
 
 
 @functools.cache
-def _native_int4(spec, kind: str):
-    """The compiled int4 product ``kind`` for ``spec``, differentiable in its input."""
+def _rows_int4(spec):
+    """The compiled few-row int4 product for ``spec``, differentiable in its input."""
     group_bytes = group_width(spec) // 2
     symmetric = replace(spec, symmetric=True)  # zero points come off outside
-    call = native.int4_call if kind == "int4 native" else native.int4_tiles_call
     return native.with_input_gradient(
-        lambda x, codes, scale: call(x, codes, scale, group_bytes),
+        lambda x, codes, scale: native.int4_call(x, codes, scale, group_bytes),
         lambda codes, scale: int4_matrix([codes, scale], symmetric)[:, : 2 * codes.shape[1]],
+    )
+
+
+@functools.cache
+def _tiles_int4(spec):
+    """The compiled many-row int4 product for ``spec``, differentiable in its input."""
+    group_bytes = group_width(spec) // 2
+    asymmetric = replace(spec, symmetric=False)
+    return native.with_input_gradient(
+        lambda x, *parts: native.int4_tiles_call(x, *parts, group_bytes),
+        lambda *parts: int4_matrix(list(parts), asymmetric)[:, : 2 * parts[0].shape[1]],
     )
 
 

@@ -49,6 +49,7 @@ struct Job {
   const float* x;       // [m, kx]
   const int8_t* codes;  // int4: [n, kx / 2]; int8: [n, kx]
   const float* scale;   // int4: [n, g]; int8: [n]
+  const int8_t* zero;   // int4: [n, g]
   float* out;           // [m, n]
   int64_t m, n, kx, g, group_bytes, row_parts, tasks;
   bool int4;
@@ -59,7 +60,8 @@ struct Job {
 typedef int8_t Bytes __attribute__((vector_size(kLanes)));
 typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-// int4 panel: panel[d * kCols + c] = weight (n0 + c, k0 + d), zero past n. The
+// int4 panel: panel[d * kCols + c] = weight (n0 + c, k0 + d), that is (code -
+// zero) * scale of its group, and zero past n. The
 // panel's bytes are first laid out byte by column, so that each byte position
 // then decodes as whole registers: nibbles, floats, times the column's scales.
 void decode_int4(const Job& job, int64_t n0, int64_t k0, int64_t depth, float* panel) {
@@ -72,16 +74,21 @@ void decode_int4(const Job& job, int64_t n0, int64_t k0, int64_t depth, float* p
   for (int64_t b = 0; b < count;) {
     int64_t group = (b0 + b) / job.group_bytes;
     int64_t end = std::min(count, (group + 1) * job.group_bytes - b0);
-    alignas(64) float s[kCols];
-    for (int c = 0; c < kCols; ++c) s[c] = n0 + c < job.n ? job.scale[(n0 + c) * job.g + group] : 0;
+    alignas(64) float s[kCols], z[kCols];
+    for (int c = 0; c < kCols; ++c) {
+      bool inside = n0 + c < job.n;
+      s[c] = inside ? job.scale[(n0 + c) * job.g + group] : 0.0f;
+      z[c] = inside ? job.zero[(n0 + c) * job.g + group] : 0.0f;
+    }
     for (; b < end; ++b) {
       for (int h = 0; h < kCols; h += kLanes) {
         Bytes v8;
         std::memcpy(&v8, &bytes[b][h], sizeof v8);
         Ints v = __builtin_convertvector(v8, Ints);
-        Vec scale = load(s + h);
-        store(panel + 2 * b * kCols + h, __builtin_convertvector((v << 28) >> 28, Vec) * scale);
-        store(panel + (2 * b + 1) * kCols + h, __builtin_convertvector(v >> 4, Vec) * scale);
+        Vec scale = load(s + h), zero = load(z + h);
+        Vec low = __builtin_convertvector((v << 28) >> 28, Vec), high = __builtin_convertvector(v >> 4, Vec);
+        store(panel + 2 * b * kCols + h, (low - zero) * scale);
+        store(panel + (2 * b + 1) * kCols + h, (high - zero) * scale);
       }
     }
   }
@@ -183,13 +190,15 @@ std::shared_ptr<Job> new_job(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S8>& cod
 }
 
 ffi::Error Int4Tiles(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> codes,
-                     ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> out,
-                     int64_t group_bytes) {
+                     ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::S8> zero,
+                     ffi::ResultBuffer<ffi::F32> out, int64_t group_bytes) {
   auto job = new_job(x, codes, scale, out);
   job->g = scale.dimensions()[1];
+  job->zero = zero.typed_data();
   job->group_bytes = group_bytes;
   job->int4 = true;
-  if (2 * codes.dimensions()[1] != job->kx || group_bytes < 1)
+  if (2 * codes.dimensions()[1] != job->kx || group_bytes < 1 ||
+      zero.dimensions()[1] != job->g || zero.dimensions()[0] != job->n)
     return ffi::Error::InvalidArgument("hubquant_int4_tiles: bad shapes");
   run(pool, job);
   return ffi::Error::Success();
@@ -213,6 +222,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(hubquant_int4_tiles, Int4Tiles,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("group_bytes"));
 
