@@ -1,4 +1,4 @@
-"""Compiled CPU products of a few float rows with int8 or int4 codes (decoding).
+"""Compiled CPU products of float rows with int8 or int4 codes.
 
 XLA's CPU backend cannot read packed int4 codes inside a dot: every form of the
 product written in XLA operations either writes a float copy of the matrix or
@@ -7,9 +7,10 @@ float. ``rows.cc`` beside this file holds two XLA FFI custom calls that read
 the codes as stored (int4: each byte split into its two nibbles in registers,
 summed against the even and odd input elements, one scale per group; int8: one
 scale per row), in float32, with the output rows split over XLA's intra-op
-threads.
+threads. ``tiles.cc`` holds their many-row twins (a prefill): panels of the
+matrix decoded into cache, then multiplied with every row.
 
-The source is compiled on first use with the machine's C++ compiler (``$CXX``,
+The sources are compiled on first use with the machine's C++ compiler (``$CXX``,
 else ``c++``) for this CPU, into ``$HUBQUANT_CACHE`` (default
 ``~/.cache/hubquant``), named by a hash of everything that shapes the binary,
 and loaded from there afterwards. Products take the XLA forms of

@@ -32,7 +32,8 @@ constexpr int kRows = 6;
 constexpr int kLanes = 4;
 constexpr int kRows = 8;
 #endif
-constexpr int kCols = 2 * kLanes;  // output columns of a panel
+constexpr int kVecs = 2;              // registers across a panel
+constexpr int kCols = kVecs * kLanes;  // output columns of a panel
 constexpr int64_t kDepth = 256;    // inputs decoded into a panel at a time (even)
 
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
@@ -107,26 +108,29 @@ void decode_int8(const Job& job, int64_t n0, int64_t k0, int64_t depth, float* p
 template <int R>
 void tile(const float* x, int64_t kx, const float* panel, int64_t depth, float* out,
           int64_t n, int cols, bool first) {
-  Vec sum[R][2] = {};
+  Vec sum[R][kVecs] = {};
   for (int64_t d = 0; d < depth; ++d) {
-    Vec b0 = load(panel + d * kCols), b1 = load(panel + d * kCols + kLanes);
+    Vec b[kVecs];
+#pragma GCC unroll 8
+    for (int j = 0; j < kVecs; ++j) b[j] = load(panel + d * kCols + j * kLanes);
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       Vec a = Vec{} + x[i * kx + d];
-      sum[i][0] += a * b0;
-      sum[i][1] += a * b1;
+#pragma GCC unroll 8
+      for (int j = 0; j < kVecs; ++j) sum[i][j] += a * b[j];
     }
   }
   for (int i = 0; i < R; ++i) {
     float* y = out + i * n;
     if (cols == kCols) {
-      store(y, first ? sum[i][0] : load(y) + sum[i][0]);
-      store(y + kLanes, first ? sum[i][1] : load(y + kLanes) + sum[i][1]);
+      for (int j = 0; j < kVecs; ++j) {
+        float* at = y + j * kLanes;
+        store(at, first ? sum[i][j] : load(at) + sum[i][j]);
+      }
       continue;
     }
     alignas(64) float part[kCols];
-    store(part, sum[i][0]);
-    store(part + kLanes, sum[i][1]);
+    for (int j = 0; j < kVecs; ++j) store(part + j * kLanes, sum[i][j]);
     for (int c = 0; c < cols; ++c) y[c] = first ? part[c] : y[c] + part[c];
   }
 }
