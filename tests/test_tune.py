@@ -15,7 +15,7 @@ from hubquant.config import load_config
 from hubquant.errors import HubquantError
 from hubquant.tune.allocate import allocate
 from hubquant.tune.budget import parse_budget
-from hubquant.tune.candidates import parse_candidates
+from hubquant.tune.candidates import parse_candidates, shipped_clip
 
 
 def _brute_force(damage, sizes, budget):
@@ -117,6 +117,10 @@ def test_tuned_config_applies_within_the_budget(tuned, fresh):
         entry = by_path[(row["path"], row["role"])]
         name = entry.mode if entry.mode != "int4" else f"int4_g{entry.group_size}"
         assert row["choice"] == name + ("_sym" if entry.mode == "int4" and entry.symmetric else "")
+    # int4 rounds as the shipped int4 config does: the clip search in q and k only
+    int4 = [e for e in plan.entries if e.mode == "int4"]
+    assert int4
+    assert all(e.clip == (e.role in ("attn.q", "attn.k")) for e in int4)
 
 
 def test_more_bytes_never_predict_more_damage(float_presets):
@@ -234,3 +238,4 @@ def test_each_expert_layer_takes_one_choice_that_the_config_gives_back(family):
         assert applied.mode == chosen.mode, entry.path
         if chosen.mode == "int4":
             assert (applied.group_size, applied.symmetric) == (chosen.group_size, chosen.symmetric)
+            assert applied.clip == chosen.clip == shipped_clip(entry)  # as int4.yaml rounds

@@ -50,14 +50,20 @@ class Tuned:
         return int(self.sizes[np.arange(len(self.chosen)), self.chosen].sum())
 
     def choices(self) -> list[Candidate]:
-        return [self.candidates[i] for i in self.chosen]
+        """Each entry's candidate, as it takes it (int4: with its clip rule)."""
+        return [
+            self.candidates[i].for_entry(e) for e, i in zip(self.entries, self.chosen, strict=True)
+        ]
 
     def rows(self) -> list[dict]:
         """Per layer: ``inspect``'s row of the chosen layer, and its damage."""
         from hubquant.inspection import layer_row
 
         return [
-            {**layer_row(self.candidates[c].applied_to(e)), "damage": float(self.damage[i, c])}
+            {
+                **layer_row(self.candidates[c].for_entry(e).applied_to(e)),
+                "damage": float(self.damage[i, c]),
+            }
             for i, (e, c) in enumerate(zip(self.entries, self.chosen, strict=True))
         ]
 
@@ -119,7 +125,7 @@ def tune(
     for done, (i, value, fisher) in enumerate(fishers):
         w, f = source.to_matrix(entries[i], value), source.to_matrix(entries[i], fisher)
         del value, fisher  # a token table's: as large as the table
-        damage[i] = damage_row(w, f, candidates)
+        damage[i] = damage_row(w, f, [c.for_entry(entries[i]) for c in candidates])
         del w, f
         release_free_memory()
         report(f"damage: {done + 1}/{len(entries)} {entries[i].path}")

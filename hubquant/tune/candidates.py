@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 
@@ -12,11 +13,14 @@ from hubquant.plan import PlanEntry
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to store a matrix: a mode and (int4) its groups."""
+    """One way to store a matrix: a mode and (int4) its groups. An int4
+    candidate rounds each layer as the shipped ``int4`` config would (its
+    clipping range searched or not by role: ``for_entry``)."""
 
     mode: str  # "none", "int8" or "int4"
     group_size: int = -1
     symmetric: bool = True
+    clip: bool = True  # int4: search each group's clipping range
 
     @property
     def name(self) -> str:
@@ -28,17 +32,42 @@ class Candidate:
         """The config options that select this candidate."""
         if self.mode == "none":
             return {"mode": "none"}
-        return {"mode": self.mode, "group_size": self.group_size, "symmetric": self.symmetric}
+        options = {"mode": self.mode, "group_size": self.group_size, "symmetric": self.symmetric}
+        return {**options, "clip": self.clip} if self.mode == "int4" else options
+
+    def for_entry(self, entry: PlanEntry) -> Candidate:
+        """This candidate as ``entry`` takes it: int4 with the shipped config's clip."""
+        if self.mode != "int4":
+            return self
+        return dataclasses.replace(self, clip=shipped_clip(entry))
 
     def applied_to(self, entry: PlanEntry) -> PlanEntry:
         """``entry`` as the Plan would hold it stored this way."""
         return dataclasses.replace(
-            entry, mode=self.mode, group_size=self.group_size, symmetric=self.symmetric
+            entry,
+            mode=self.mode,
+            group_size=self.group_size,
+            symmetric=self.symmetric,
+            clip=self.clip or self.mode != "int4",
         )
 
     def size(self, entry: PlanEntry) -> int:
         """Bytes of ``entry`` stored this way, as the Plan counts them."""
         return self.applied_to(entry).bytes_after
+
+
+def shipped_clip(entry: PlanEntry) -> bool:
+    """Whether the shipped ``int4`` config searches ``entry``'s clipping range
+    (its rules say by role: chosen on real models, bench/fidelity.py)."""
+    options, _ = _shipped_int4().resolve(entry.role, entry.block, 1 << 30, entry.path)
+    return options.clip
+
+
+@functools.cache
+def _shipped_int4():
+    from hubquant.config import load_config, shipped_configs
+
+    return load_config(shipped_configs()["int4"])
 
 
 _INT4 = re.compile(r"int4_g([1-9][0-9]{0,5})(_sym)?")

@@ -56,7 +56,7 @@ def damage_row(w: np.ndarray, fisher: np.ndarray, candidates) -> np.ndarray:
 def _damage(w: np.ndarray, fisher: np.ndarray, c: Candidate) -> float:
     if c.mode == "none":
         return 0.0
-    q = quantizers.quantize(w, c.mode, c.group_size, c.symmetric)
+    q = quantizers.quantize(w, c.mode, c.group_size, c.symmetric, c.clip)
     group_size = None if c.mode == "int8" else c.group_size
     error = quantizers.dequantize(q, w.shape[1], group_size) - w
     return 0.5 * float(np.einsum("nk,nk->", fisher, np.square(error), dtype=np.float64))
