@@ -1,4 +1,4 @@
-"""The compiled decode products: built once and reused, harmless to the
+"""The compiled products (few rows and many): built once and reused, harmless to the
 process's floating point, switched off on request or when no compiler works (a
 warning, then the XLA forms), and differentiable with respect to their input
 (LoRA training on a few rows)."""
@@ -77,3 +77,35 @@ def test_input_gradient_equals_the_dequantized_one(mode, rows, monkeypatch):
     want = gradient()
     for got in (compiled, xla):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    "mode, group_size, symmetric, n, k",
+    [
+        ("int4", 32, False, 70, 96),  # a partial panel of columns
+        ("int4", 24, True, 33, 100),  # a partial last group
+        ("int4", -1, False, 5, 64),  # one group per row, fewer rows than a panel
+        ("int4", 128, False, 40, 576),  # 4.5 groups, SmolLM2's hidden width
+        ("int8", -1, True, 33, 63),
+    ],
+)
+@pytest.mark.parametrize("rows", [17, 29])
+def test_many_row_product_equals_the_dequantized_matrix(mode, group_size, symmetric, n, k, rows):
+    """The compiled many-row product (a prefill) equals ``x @ W.T`` of the
+    dequantized matrix within float32 rounding, for ragged panels, row tiles
+    and groups."""
+    from hubquant import quantizers
+    from hubquant.layers.base import MatrixSpec
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((n, k)).astype("float32")
+    q = quantizers.quantize(w, mode, group_size, symmetric)
+    spec = MatrixSpec(mode, group_size, symmetric, n=n, k=k)
+    parts = [q.codes, q.scale] + ([] if q.zero is None else [q.zero])
+    x = rng.standard_normal((rows, k)).astype("float32")
+    assert products.product_for(rows, spec) == f"{mode} tiles"
+    got = np.asarray(products.row_product(jax.numpy.asarray(x), parts, spec))
+    size = None if mode == "int8" else group_size
+    want = x.astype("float64") @ quantizers.dequantize(q, k, size).astype("float64").T
+    bound = 1e-5 * np.abs(x).sum(-1, keepdims=True) * np.abs(w).max()
+    assert np.all(np.abs(got - want) <= bound)
