@@ -37,6 +37,7 @@ import keras
 import numpy as np
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("rows.cc", "tiles.cc"))
+HEADERS = (Path(__file__).with_name("tasks.h"),)
 TARGETS = ("hubquant_int4_rows", "hubquant_int8_rows", "hubquant_int4_tiles", "hubquant_int8_tiles")
 # Sums may be reordered (so loops vectorize), but not -ffast-math: linked into a
 # shared library it sets the CPU to flush subnormals to zero for the whole
@@ -153,7 +154,7 @@ def _built() -> Path:
     if not compiler:
         raise OSError("no C++ compiler found (set CXX)")
     key = hashlib.sha256()
-    parts = [*(source.read_bytes() for source in SOURCES), jaxlib.__version__, compiler]
+    parts = [*(f.read_bytes() for f in SOURCES + HEADERS), jaxlib.__version__, compiler]
     for part in (*parts, " ".join(_FLAGS)):
         key.update(part if isinstance(part, bytes) else part.encode())
     key.update(_cpu_identity().encode())

@@ -4,11 +4,9 @@
 // independent: they are split into chunks that XLA's intra-op threads and the
 // calling thread take in turn.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <memory>
-#include <thread>
 
+#include "tasks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -25,10 +23,8 @@ struct Job {
   const int8_t* codes;  // [n, w]
   const float* scale;   // int4: [n, g]; int8: [n]
   float* out;           // [m, n]
-  int64_t m, n, w, g, group_bytes, chunks;
+  int64_t m, n, w, g, group_bytes;
   bool int4;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
 };
 
 inline void decode(const int8_t* c, float* lo, float* hi, int64_t len) {
@@ -118,42 +114,31 @@ void int8_rows(const Job& job, int64_t first, int64_t last) {
   }
 }
 
-void work(Job& job) {
-  for (int64_t k; (k = job.next.fetch_add(1)) < job.chunks;) {
-    int64_t first = k * kChunk, last = std::min(job.n, first + kChunk);
+void run(ffi::ThreadPool& pool, const Job& job) {
+  hubquant::run_tasks(pool, (job.n + kChunk - 1) / kChunk, [&job](int64_t chunk) {
+    int64_t first = chunk * kChunk, last = std::min(job.n, first + kChunk);
     job.int4 ? int4_rows(job, first, last) : int8_rows(job, first, last);
-    job.done.fetch_add(1);
-  }
-}
-
-// Runs `job` on the calling thread and as many pool threads as help; returns
-// when every chunk is done (a chunk taken is always being worked on).
-void run(ffi::ThreadPool& pool, std::shared_ptr<Job> job) {
-  job->chunks = (job->n + kChunk - 1) / kChunk;
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), job->chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { work(*job); });
-  work(*job);
-  while (job->done.load() < job->chunks) std::this_thread::yield();
+  });
 }
 
 ffi::Error Int4Rows(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> even,
                     ffi::Buffer<ffi::F32> odd, ffi::Buffer<ffi::S8> codes,
                     ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> out,
                     int64_t group_bytes) {
-  auto job = std::make_shared<Job>();
-  job->m = even.dimensions()[0];
-  job->w = even.dimensions()[1];
-  job->n = codes.dimensions()[0];
-  job->g = scale.dimensions()[1];
-  if (job->m > kMaxRows || codes.dimensions()[1] != job->w || group_bytes < 1)
+  Job job{};
+  job.m = even.dimensions()[0];
+  job.w = even.dimensions()[1];
+  job.n = codes.dimensions()[0];
+  job.g = scale.dimensions()[1];
+  if (job.m > kMaxRows || codes.dimensions()[1] != job.w || group_bytes < 1)
     return ffi::Error::InvalidArgument("hubquant_int4_rows: bad shapes");
-  job->even = even.typed_data();
-  job->odd = odd.typed_data();
-  job->codes = codes.typed_data();
-  job->scale = scale.typed_data();
-  job->out = out->typed_data();
-  job->group_bytes = group_bytes;
-  job->int4 = true;
+  job.even = even.typed_data();
+  job.odd = odd.typed_data();
+  job.codes = codes.typed_data();
+  job.scale = scale.typed_data();
+  job.out = out->typed_data();
+  job.group_bytes = group_bytes;
+  job.int4 = true;
   run(pool, job);
   return ffi::Error::Success();
 }
@@ -161,17 +146,17 @@ ffi::Error Int4Rows(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> even,
 ffi::Error Int8Rows(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                     ffi::Buffer<ffi::S8> codes, ffi::Buffer<ffi::F32> scale,
                     ffi::ResultBuffer<ffi::F32> out) {
-  auto job = std::make_shared<Job>();
-  job->m = x.dimensions()[0];
-  job->w = x.dimensions()[1];
-  job->n = codes.dimensions()[0];
-  if (codes.dimensions()[1] != job->w)
+  Job job{};
+  job.m = x.dimensions()[0];
+  job.w = x.dimensions()[1];
+  job.n = codes.dimensions()[0];
+  if (codes.dimensions()[1] != job.w)
     return ffi::Error::InvalidArgument("hubquant_int8_rows: bad shapes");
-  job->even = x.typed_data();
-  job->codes = codes.typed_data();
-  job->scale = scale.typed_data();
-  job->out = out->typed_data();
-  job->int4 = false;
+  job.even = x.typed_data();
+  job.codes = codes.typed_data();
+  job.scale = scale.typed_data();
+  job.out = out->typed_data();
+  job.int4 = false;
   run(pool, job);
   return ffi::Error::Success();
 }

@@ -7,13 +7,11 @@
 // cache while every input row is multiplied with it. No float copy of the whole
 // matrix is written. XLA FFI custom calls, built with rows.cc by native.py.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "tasks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -52,10 +50,8 @@ struct Job {
   const float* scale;   // int4: [n, g]; int8: [n]
   const int8_t* zero;   // int4: [n, g]
   float* out;           // [m, n]
-  int64_t m, n, kx, g, group_bytes, row_parts, tasks;
+  int64_t m, n, kx, g, group_bytes, row_parts;
   bool int4;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
 };
 
 typedef int8_t Bytes __attribute__((vector_size(kLanes)));
@@ -160,36 +156,27 @@ void task(const Job& job, int64_t t, float* panel) {
   }
 }
 
-void work(Job& job) {
-  std::vector<float> panel(kDepth * kCols);
-  for (int64_t t; (t = job.next.fetch_add(1)) < job.tasks;) {
-    task(job, t, panel.data());
-    job.done.fetch_add(1);
-  }
-}
-
 // Splits the rows too where there are fewer panels than threads to keep busy.
-void run(ffi::ThreadPool& pool, std::shared_ptr<Job> job) {
-  int64_t panels = (job->n + kCols - 1) / kCols, threads = pool.num_threads() + 1;
-  int64_t blocks = (job->m + kRows - 1) / kRows;
-  job->row_parts = std::max<int64_t>(1, std::min(blocks, (2 * threads + panels - 1) / panels));
-  job->tasks = panels * job->row_parts;
-  int64_t helpers = std::min<int64_t>(threads, job->tasks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { work(*job); });
-  work(*job);
-  while (job->done.load() < job->tasks) std::this_thread::yield();
+void run(ffi::ThreadPool& pool, Job& job) {
+  int64_t panels = (job.n + kCols - 1) / kCols, threads = pool.num_threads() + 1;
+  int64_t blocks = (job.m + kRows - 1) / kRows;
+  job.row_parts = std::max<int64_t>(1, std::min(blocks, (2 * threads + panels - 1) / panels));
+  hubquant::run_tasks(pool, panels * job.row_parts, [&job](int64_t t) {
+    thread_local std::vector<float> panel(kDepth * kCols);
+    task(job, t, panel.data());
+  });
 }
 
-std::shared_ptr<Job> new_job(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S8>& codes,
-                             ffi::Buffer<ffi::F32>& scale, ffi::ResultBuffer<ffi::F32>& out) {
-  auto job = std::make_shared<Job>();
-  job->m = x.dimensions()[0];
-  job->kx = x.dimensions()[1];
-  job->n = codes.dimensions()[0];
-  job->x = x.typed_data();
-  job->codes = codes.typed_data();
-  job->scale = scale.typed_data();
-  job->out = out->typed_data();
+Job new_job(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S8>& codes, ffi::Buffer<ffi::F32>& scale,
+            ffi::ResultBuffer<ffi::F32>& out) {
+  Job job{};
+  job.m = x.dimensions()[0];
+  job.kx = x.dimensions()[1];
+  job.n = codes.dimensions()[0];
+  job.x = x.typed_data();
+  job.codes = codes.typed_data();
+  job.scale = scale.typed_data();
+  job.out = out->typed_data();
   return job;
 }
 
@@ -197,12 +184,12 @@ ffi::Error Int4Tiles(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
                      ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::S8> zero,
                      ffi::ResultBuffer<ffi::F32> out, int64_t group_bytes) {
   auto job = new_job(x, codes, scale, out);
-  job->g = scale.dimensions()[1];
-  job->zero = zero.typed_data();
-  job->group_bytes = group_bytes;
-  job->int4 = true;
-  if (2 * codes.dimensions()[1] != job->kx || group_bytes < 1 ||
-      zero.dimensions()[1] != job->g || zero.dimensions()[0] != job->n)
+  job.g = scale.dimensions()[1];
+  job.zero = zero.typed_data();
+  job.group_bytes = group_bytes;
+  job.int4 = true;
+  if (2 * codes.dimensions()[1] != job.kx || group_bytes < 1 ||
+      zero.dimensions()[1] != job.g || zero.dimensions()[0] != job.n)
     return ffi::Error::InvalidArgument("hubquant_int4_tiles: bad shapes");
   run(pool, job);
   return ffi::Error::Success();
@@ -211,8 +198,8 @@ ffi::Error Int4Tiles(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
 ffi::Error Int8Tiles(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> codes,
                      ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> out) {
   auto job = new_job(x, codes, scale, out);
-  job->int4 = false;
-  if (codes.dimensions()[1] != job->kx)
+  job.int4 = false;
+  if (codes.dimensions()[1] != job.kx)
     return ffi::Error::InvalidArgument("hubquant_int8_tiles: bad shapes");
   run(pool, job);
   return ffi::Error::Success();
