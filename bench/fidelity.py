@@ -58,7 +58,7 @@ HUBQUANT_ROWS = {
     "int4_gptq_selfgen": "default: {mode: int4, group_size: 128, algorithm: gptq}\nrules:\n"
     + _TABLE
     + "{generate}",
-    "int4_gptq_shipped": "configs/int4_gptq.yaml",  # self-generated, 64 x 256 tokens
+    "int4_gptq_shipped": "configs/int4_gptq.yaml",  # self-generated, 256 x 64 tokens
     "int4_minmax": "configs/int4.yaml",  # int4.yaml with plain min/max: no clip search
 }
 PLAIN_MINMAX = ("int4_minmax",)
