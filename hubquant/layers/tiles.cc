@@ -19,7 +19,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 // One SIMD register of floats, and how many input rows a tile holds so that its
-// sums (kRows x 2 registers) stay in registers.
+// sums (kRows x kVecs registers) stay in registers.
 #if defined(__AVX512F__)
 constexpr int kLanes = 16;
 constexpr int kRows = 12;
@@ -30,9 +30,9 @@ constexpr int kRows = 6;
 constexpr int kLanes = 4;
 constexpr int kRows = 8;
 #endif
-constexpr int kVecs = 2;              // registers across a panel
-constexpr int kCols = kVecs * kLanes;  // output columns of a panel
-constexpr int64_t kDepth = 256;    // inputs decoded into a panel at a time (even)
+constexpr int kVecs = 2;               // registers across a panel
+constexpr int kCols = kVecs * kLanes;   // output columns of a panel
+constexpr int64_t kDepth = 256;         // inputs decoded into a panel at a time (even)
 
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
@@ -58,9 +58,9 @@ typedef int8_t Bytes __attribute__((vector_size(kLanes)));
 typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 // int4 panel: panel[d * kCols + c] = weight (n0 + c, k0 + d), that is (code -
-// zero) * scale of its group, and zero past n. The
-// panel's bytes are first laid out byte by column, so that each byte position
-// then decodes as whole registers: nibbles, floats, times the column's scales.
+// zero) * scale of its group, and zero past n. The panel's bytes are first laid
+// out byte by column, so that each byte position then decodes as whole
+// registers: nibbles, floats, minus the columns' zero points, times their scales.
 void decode_int4(const Job& job, int64_t n0, int64_t k0, int64_t depth, float* panel) {
   int64_t w = job.kx / 2, b0 = k0 / 2, count = depth / 2;
   alignas(64) int8_t bytes[kDepth / 2][kCols];
@@ -83,7 +83,8 @@ void decode_int4(const Job& job, int64_t n0, int64_t k0, int64_t depth, float* p
         std::memcpy(&v8, &bytes[b][h], sizeof v8);
         Ints v = __builtin_convertvector(v8, Ints);
         Vec scale = load(s + h), zero = load(z + h);
-        Vec low = __builtin_convertvector((v << 28) >> 28, Vec), high = __builtin_convertvector(v >> 4, Vec);
+        Vec low = __builtin_convertvector((v << 28) >> 28, Vec);
+        Vec high = __builtin_convertvector(v >> 4, Vec);
         store(panel + 2 * b * kCols + h, (low - zero) * scale);
         store(panel + (2 * b + 1) * kCols + h, (high - zero) * scale);
       }
