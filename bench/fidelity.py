@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--cal-samples", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=1.2, help="of *_selfgen rows")
+    parser.add_argument("--temperature", type=float, default=1.0, help="of *_selfgen rows")
     parser.add_argument("--rows", help="comma list of rows (default: all that can run)")
     parser.add_argument("--config", action="append", default=[], help="a config file as a row")
     args = parser.parse_args()

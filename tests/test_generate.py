@@ -17,7 +17,7 @@ from hubquant.config import load_config, parse_config
 from hubquant.errors import ConfigError, HubquantError
 
 SHIPPED = Path(__file__).parent.parent / "configs" / "int4_gptq.yaml"
-SMALL = "generate: {num_samples: 256, seq_len: 64, temperature: 1.2}"
+SMALL = "generate: {num_samples: 256, seq_len: 64, temperature: 1.0}"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_batches_report_progress_and_a_partial_batch_is_cut(llama):
 
 def test_generate_section_defaults_and_counts_from_the_section():
     cal = parse_config("calibration: {seq_len: 32}\n", "c.yaml").calibration
-    assert cal.generate == Generate(num_samples=256, seq_len=32, temperature=1.2, batch_size=32)
+    assert cal.generate == Generate(num_samples=256, seq_len=32, temperature=1.0, batch_size=32)
     text = "calibration: {num_samples: 8, generate: {num_samples: 2, temperature: 0.5}}\n"
     cal = parse_config(text, "c.yaml").calibration
     assert cal.generate == Generate(num_samples=2, seq_len=64, temperature=0.5)
