@@ -65,8 +65,12 @@ void decode_int4(const Job& job, int64_t n0, int64_t k0, int64_t depth, float* p
   int64_t w = job.kx / 2, b0 = k0 / 2, count = depth / 2;
   alignas(64) int8_t bytes[kDepth / 2][kCols];
   for (int c = 0; c < kCols; ++c) {
+    if (n0 + c >= job.n) {
+      for (int64_t b = 0; b < count; ++b) bytes[b][c] = 0;
+      continue;
+    }
     const int8_t* codes = job.codes + (n0 + c) * w + b0;
-    for (int64_t b = 0; b < count; ++b) bytes[b][c] = n0 + c < job.n ? codes[b] : 0;
+    for (int64_t b = 0; b < count; ++b) bytes[b][c] = codes[b];
   }
   for (int64_t b = 0; b < count;) {
     int64_t group = (b0 + b) / job.group_bytes;

@@ -59,12 +59,10 @@ class Tuned:
         """Per layer: ``inspect``'s row of the chosen layer, and its damage."""
         from hubquant.inspection import layer_row
 
+        chosen = zip(self.entries, self.chosen, self.choices(), strict=True)
         return [
-            {
-                **layer_row(self.candidates[c].for_entry(e).applied_to(e)),
-                "damage": float(self.damage[i, c]),
-            }
-            for i, (e, c) in enumerate(zip(self.entries, self.chosen, strict=True))
+            {**layer_row(choice.applied_to(e)), "damage": float(self.damage[i, c])}
+            for i, (e, c, choice) in enumerate(chosen)
         ]
 
 

@@ -59,6 +59,7 @@ class Candidate:
 def shipped_clip(entry: PlanEntry) -> bool:
     """Whether the shipped ``int4`` config searches ``entry``'s clipping range
     (its rules say by role: chosen on real models, bench/fidelity.py)."""
+    # Its rules name roles, not blocks, so the model's block count does not matter.
     options, _ = _shipped_int4().resolve(entry.role, entry.block, 1 << 30, entry.path)
     return options.clip
 
