@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hubquant import programs
+
 # Clipping ratios searched per int4 group: 1.0 is plain min/max. The winner has
 # the lowest *weighted* squared error, each weight counting by its magnitude
 # plus the group's mean magnitude (inside GPTQ also by the mean square of its
@@ -253,13 +255,32 @@ def _column_slab(slab: np.ndarray, symmetric: bool, pack: bool, gs: int, ratios)
         padded = np.zeros((gs, _CHUNK_GROUPS), slab.dtype)
         padded[:, : slab.shape[1]] = slab
         slab = padded
-    ahead = _AHEAD.get((gs, jnp.dtype(slab.dtype).name, symmetric, pack, ratios))
-    if ahead is not None:
-        ahead.result()  # compiled on a background thread: wait, do not compile twice
-    return _columns_chunk(np.ascontiguousarray(slab), symmetric, pack, ratios)
+    program = _slab_program(gs, jnp.dtype(slab.dtype).name, symmetric, pack, ratios)
+    return program.result()(np.ascontiguousarray(slab))  # compiled ahead: wait for it
 
 
-_AHEAD: dict[tuple, concurrent.futures.Future] = {}
+_PROGRAMS: dict[tuple, concurrent.futures.Future] = {}
+
+
+def _slab_program(*key) -> concurrent.futures.Future:
+    """``_columns_chunk`` compiled for one (group size, dtype, symmetric, pack,
+    ratios), on a background thread (or loaded from ``programs``' cache): a
+    future, so that compiling overlaps other work and no program is compiled
+    twice."""
+    key = (*key, _CHUNK_GROUPS)
+    if key not in _PROGRAMS:
+        gs, dtype, symmetric, pack, ratios, width = key
+        slab = jax.ShapeDtypeStruct((gs, width), jnp.dtype(dtype))
+        _PROGRAMS[key] = _compiler().submit(
+            programs.compiled,
+            _columns_chunk,
+            __file__,
+            (slab,),
+            symmetric=symmetric,
+            pack=pack,
+            ratios=ratios,
+        )
+    return _PROGRAMS[key]
 
 
 def compile_ahead(variants) -> None:
@@ -267,14 +288,11 @@ def compile_ahead(variants) -> None:
     float dtype, symmetric, clip), each on a background thread, so that compiling
     overlaps reading and quantizing the matrices before their first slab (on
     this 2-core machine two variants compiled one after the other took 0.7 s
-    of a 1.8 s quantize). A slab waits for its own program."""
+    of a 1.8 s quantize)."""
     for k, group_size, dtype, symmetric, clip in set(variants):
         gs = group_length(k, group_size)
         ratios = CLIP_RATIOS if clip else (1.0,)
-        key = (gs, jnp.dtype(dtype).name, symmetric, gs % 2 == 0, ratios)
-        if key not in _AHEAD:
-            slab = np.zeros((gs, _CHUNK_GROUPS), jnp.dtype(dtype))
-            _AHEAD[key] = _compiler().submit(_columns_chunk, slab, *key[2:])
+        _slab_program(gs, jnp.dtype(dtype).name, symmetric, gs % 2 == 0, ratios)
 
 
 @functools.cache

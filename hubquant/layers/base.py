@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+import keras
 import numpy as np
 from keras import ops
 from keras.dtype_policies import DTypePolicyMap, QuantizedDTypePolicy
@@ -398,4 +399,10 @@ class _Given:
         self.value = value
 
     def __call__(self, shape, dtype=None):
-        return self.value
+        if keras.config.backend() != "jax":
+            return self.value
+        # On one device, hand JAX an array: converting NumPy to a tensor compiles
+        # a copy program per shape and dtype (0.15 s of a 1.2 s int4 quantize).
+        import jax
+
+        return jax.device_put(np.asarray(self.value, dtype))

@@ -128,7 +128,7 @@ class QuantReversibleEmbedding(_QuantTable, ReversibleEmbedding):
 
 
 def _f32(value) -> np.ndarray:
-    return sharding.to_host(value).astype(np.float32)
+    return sharding.host_view(value).astype(np.float32, copy=False)  # read only
 
 
 def _f32_transposed(value) -> np.ndarray:

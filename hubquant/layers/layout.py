@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from keras import ops
 
-from hubquant.layers.sharding import to_host
+from hubquant.layers.sharding import host_view
 from hubquant.quantizers import Columns
 
 
@@ -59,7 +59,7 @@ class KernelLayout:
     def to_matrix(self, kernel) -> np.ndarray:
         """Float32 ``[N, K]`` from a kernel in Keras layout."""
         perm = self.output_axes + self.reduce_axes
-        kernel = np.transpose(to_host(kernel), perm)
+        kernel = np.transpose(host_view(kernel), perm)
         return np.ascontiguousarray(kernel, dtype=np.float32).reshape(self.n, self.k)
 
     def to_columns(self, kernel) -> Columns:
@@ -67,7 +67,7 @@ class KernelLayout:
         ``[K, N]`` in its stored dtype: a reshape, no copy, where every
         reduction axis is stored before every output axis (a Dense kernel),
         else one copy in that dtype (Gemma's ``[heads, hidden, head_dim]``)."""
-        kernel = kernel if isinstance(kernel, np.ndarray) else to_host(kernel)  # read: no copy
+        kernel = kernel if isinstance(kernel, np.ndarray) else host_view(kernel)  # no copy
         kernel = np.transpose(kernel, self.reduce_axes + self.output_axes)
         return Columns.of(np.reshape(kernel, (self.k, self.n)))
 

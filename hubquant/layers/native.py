@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from hubquant import programs
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("rows.cc", "tiles.cc"))
 HEADERS = (Path(__file__).with_name("tasks.h"),)
@@ -157,9 +158,8 @@ def _built() -> Path:
     parts = [*(f.read_bytes() for f in SOURCES + HEADERS), jaxlib.__version__, compiler]
     for part in (*parts, " ".join(_FLAGS)):
         key.update(part if isinstance(part, bytes) else part.encode())
-    key.update(_cpu_identity().encode())
-    folder = Path(os.environ.get("HUBQUANT_CACHE") or Path.home() / ".cache" / "hubquant")
-    target = folder / "native" / f"rows-{key.hexdigest()[:20]}.so"
+    key.update(programs.cpu_identity().encode())
+    target = programs.cache_folder() / "native" / f"rows-{key.hexdigest()[:20]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -172,13 +172,3 @@ def _built() -> Path:
             raise OSError(f"{Path(compiler).name} failed: {done.stderr.strip()[-300:]}")
         os.replace(built, target)
     return target
-
-
-def _cpu_identity() -> str:
-    """What ``-march=native`` depends on: the machine and its CPU flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"

@@ -131,6 +131,16 @@ def to_host(value) -> np.ndarray:
     return ops.convert_to_numpy(value)
 
 
+def host_view(value) -> np.ndarray:
+    """``to_host`` for reading only: on one JAX CPU device, a read-only NumPy
+    view of the array itself instead of a copy."""
+    array = getattr(value, "value", value)
+    if keras.backend.backend() == "jax" and _addressable(array) and hasattr(array, "devices"):
+        if all(d.platform == "cpu" for d in array.devices()):
+            return np.asarray(array)
+    return to_host(value)
+
+
 def _addressable(value) -> bool:
     return getattr(value, "is_fully_addressable", True)
 
