@@ -138,8 +138,16 @@ def quantize_int8(w) -> QuantizedMatrix:
     n, k = rows.shape
     step = max(1, _CHUNK_ELEMENTS // max(1, k))
     codes, scale = np.empty((n, k), np.int8), np.empty(n, np.float32)
-    for i in range(0, n, step):
+
+    def block(i: int) -> None:  # NumPy lets go of the GIL: two blocks run at once
         codes[i : i + step], scale[i : i + step] = _int8_rows(rows(i, min(n, i + step)))
+
+    starts = range(0, n, step)
+    if len(starts) == 1:
+        block(0)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="hubquant-int8") as pool:
+            list(pool.map(block, starts))
     return QuantizedMatrix(codes, scale, None)
 
 
