@@ -82,8 +82,8 @@ def _device():
 
 
 def _trees(args: tuple):
-    """The call's argument and result structures: positional arrays in, a
-    tuple of arrays out (all the programs kept here return a tuple)."""
+    """The call's argument structure: positional arrays only (the results, a
+    flat tuple of arrays, are rebuilt from their count)."""
     return jax.tree_util.tree_structure((tuple(args), {}))
 
 
@@ -112,8 +112,12 @@ def _keep(program, path: Path, args: tuple) -> None:
         if in_tree != _trees(args) or out_tree != jax.tree_util.tree_structure(tuple(range(count))):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as scratch:
-            scratch.write(count.to_bytes(4, "little") + payload)
-        os.replace(scratch.name, path)
+        scratch = tempfile.NamedTemporaryFile(dir=path.parent, delete=False)
     except Exception:  # noqa: BLE001 -- a cache that cannot be written only costs time
         return
+    try:
+        with scratch:
+            scratch.write(count.to_bytes(4, "little") + payload)
+        os.replace(scratch.name, path)
+    except OSError:  # a full disk: no half-written file is left
+        Path(scratch.name).unlink(missing_ok=True)

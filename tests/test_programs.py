@@ -80,3 +80,15 @@ def test_int4_from_a_kept_slab_program_is_bitwise_the_same(cache, monkeypatch):
     assert len(list(cache.iterdir())) == 1
     for part in ("codes", "scale", "zero"):
         np.testing.assert_array_equal(getattr(results[0], part), getattr(results[1], part))
+
+
+def test_a_cache_that_cannot_be_written_only_costs_a_compile(tmp_path, monkeypatch):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("HUBQUANT_CACHE", str(blocked))
+    x = np.ones((2, 3), np.float32)
+    jitted = _Counting()
+    for _ in range(2):
+        program = programs.compiled(jitted, __file__, (x,))
+        np.testing.assert_array_equal(_run(program, x)[0], x * 0.5)
+    assert jitted.lowered == 2 and blocked.read_text() == "not a folder"

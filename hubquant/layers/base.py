@@ -401,8 +401,8 @@ class _Given:
     def __call__(self, shape, dtype=None):
         if keras.config.backend() != "jax":
             return self.value
-        # On one device, hand JAX an array: converting NumPy to a tensor compiles
-        # a copy program per shape and dtype (0.15 s of a 1.2 s int4 quantize).
+        # Hand Keras a JAX array: its conversion of NumPy compiles a copy program
+        # per shape and dtype (0.15 s of a 1.2 s int4 quantize).
         import jax
 
         return jax.device_put(np.asarray(self.value, dtype))
