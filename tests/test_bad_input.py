@@ -337,7 +337,7 @@ ROWS = {
     ),
     "calibration_past_any_machine": Row(
         f"{APPLY} {{in}}/c.yaml",
-        "{in}/c.yaml: calibration asks for 100000000 x 512 = 51,200,000,000 tokens; hubquant "
+        "{in}/c.yaml: calibration asks for 100000000 x 64 = 6,400,000,000 tokens; hubquant "
         "takes at most 4,194,304 (e.g. 8192 x 512): lower num_samples or seq_len.",
         _config(
             "default: {mode: int4, algorithm: gptq}\n"

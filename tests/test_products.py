@@ -169,8 +169,9 @@ def test_compiled_products_are_taken_where_a_compiler_is():
             hubquant.layers.base.MatrixSpec("int4", -1, True, n=8, k=63),
             hubquant.layers.base.MatrixSpec("int8", -1, True, n=8, k=63),
         ):
+            many = "amx" if native.amx() and products.amx_block(spec) else "tiles"
             assert products.product_for(rows, spec) == f"{spec.mode} native"
-            assert products.product_for(512 + rows, spec) == f"{spec.mode} tiles"
+            assert products.product_for(512 + rows, spec) == f"{spec.mode} {many}"
     assert products.product_for(None, spec) is None
 
 
@@ -195,7 +196,8 @@ def test_decode_takes_the_fast_product_at_real_widths(smollm2_wide, monkeypatch,
 @needs_compiler
 def test_prefill_takes_the_compiled_many_row_product_at_real_widths(smollm2_wide, monkeypatch):
     """A 40-token forward pass of a 576-wide block: every projection and the LM
-    head multiply the packed codes by the compiled many-row product."""
+    head multiply the packed codes by the compiled many-row product (on AMX
+    tiles where the CPU has them)."""
     if not native.available():
         pytest.skip("no compiled products here")
     taken = []
@@ -206,9 +208,10 @@ def test_prefill_takes_the_compiled_many_row_product_at_real_widths(smollm2_wide
     ids = np.arange(40, dtype="int32")[None] % 100
     hidden = smollm2_wide.backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)})
     smollm2_wide.backbone.token_embedding(hidden, reverse=True)
-    head = (smollm2_wide.backbone.vocabulary_size, 576, "int4 tiles")
+    many = "int4 amx" if native.amx() else "int4 tiles"  # g128: whole AMX steps
+    head = (smollm2_wide.backbone.vocabulary_size, 576, many)
     shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
-    assert sorted(set(taken)) == sorted({*((n, k, "int4 tiles") for n, k in shapes), head})
+    assert sorted(set(taken)) == sorted({*((n, k, many) for n, k in shapes), head})
 
 
 def _input_shape(layer, rows: int) -> tuple:

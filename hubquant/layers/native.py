@@ -8,7 +8,10 @@ the codes as stored (int4: each byte split into its two nibbles in registers,
 summed against the even and odd input elements, one scale per group; int8: one
 scale per row), in float32, with the output rows split over XLA's intra-op
 threads. ``tiles.cc`` holds their many-row twins (a prefill): panels of the
-matrix decoded into cache, then multiplied with every row.
+matrix decoded into cache, then multiplied with every row. ``amx.cc`` holds
+the many-row products on Intel AMX tiles (integer arithmetic on 8-bit parts of
+the input that keep about 15 bits of it), taken where the CPU has AMX-INT8 and
+the kernel lets the process use it (``HUBQUANT_AMX=0`` turns them off).
 
 The sources are compiled on first use with the machine's C++ compiler (``$CXX``,
 else ``c++``) for this CPU, into ``$HUBQUANT_CACHE`` (default
@@ -37,9 +40,16 @@ import numpy as np
 
 from hubquant import programs
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("rows.cc", "tiles.cc"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("rows.cc", "tiles.cc", "amx.cc"))
 HEADERS = (Path(__file__).with_name("tasks.h"),)
-TARGETS = ("hubquant_int4_rows", "hubquant_int8_rows", "hubquant_int4_tiles", "hubquant_int8_tiles")
+TARGETS = (
+    "hubquant_int4_rows",
+    "hubquant_int8_rows",
+    "hubquant_int4_tiles",
+    "hubquant_int8_tiles",
+    "hubquant_int4_amx",
+    "hubquant_int8_amx",
+)
 # Sums may be reordered (so loops vectorize), but not -ffast-math: linked into a
 # shared library it sets the CPU to flush subnormals to zero for the whole
 # process (numpy included) as soon as the library loads.
@@ -66,6 +76,29 @@ def available() -> bool:
     import jax
 
     return jax.default_backend() == "cpu" and _registered()
+
+
+def amx() -> bool:
+    """Whether many-row products take the AMX tile calls (``amx.cc``): the
+    library was built for a CPU with AMX-INT8 and the kernel lets this process
+    use its tiles; ``HUBQUANT_AMX=0`` turns them off."""
+    return available() and os.environ.get("HUBQUANT_AMX") != "0" and _amx_granted()
+
+
+@functools.cache
+def _amx_granted() -> bool:
+    return bool(_library().hubquant_amx_ready())
+
+
+def int4_amx_call(x, codes, scale, zero, block: int):
+    """``int4_tiles_call`` on AMX tiles, the input cut into blocks of ``block``
+    inputs (its groups; a multiple of 64) of two int8 parts each."""
+    return _call("hubquant_int4_amx", x, codes, x, codes, scale, zero, block=np.int64(block))
+
+
+def int8_amx_call(x, codes, scale, block: int):
+    """``int8_tiles_call`` on AMX tiles (blocks of ``block`` inputs)."""
+    return _call("hubquant_int8_amx", x, codes, x, codes, scale, block=np.int64(block))
 
 
 def int4_call(x, codes, scale, group_bytes: int):
@@ -126,23 +159,31 @@ def with_input_gradient(call, matrix):
 @functools.cache
 def _registered() -> bool:
     """Build (or find) the library and register its calls with XLA, once."""
-    import ctypes
-
     import jax
 
+    library = _library()
+    if library is None:
+        return False
+    for name in TARGETS:
+        capsule = jax.ffi.pycapsule(getattr(library, name))
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return True
+
+
+@functools.cache
+def _library():
+    """The loaded library, or None (with one warning) where it cannot be built."""
+    import ctypes
+
     try:
-        library = ctypes.cdll.LoadLibrary(str(_built()))
+        return ctypes.cdll.LoadLibrary(str(_built()))
     except (OSError, subprocess.SubprocessError) as error:
         warnings.warn(
             f"hubquant: the compiled decode products are unavailable ({error}); "
             "int4 and int8 decoding take the slower XLA path.",
             stacklevel=2,
         )
-        return False
-    for name in TARGETS:
-        capsule = jax.ffi.pycapsule(getattr(library, name))
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-    return True
+        return None
 
 
 def _built() -> Path:

@@ -33,8 +33,14 @@ reading weights. Where compiled, they take ``tiles.cc``: panels of the matrix
 are decoded from the codes into a cache-sized buffer (int4 zero points
 included) and multiplied with every row, so no float copy of the matrix is
 written; about as fast as XLA's float product (0.9-1.0x at SmolLM2's widths
-and 512 rows). Elsewhere they keep the layers' dequantizing path.
-``bench/generate_speed.py --prefill N`` measures both.
+and 512 rows). On a CPU with AMX-INT8 they take ``amx.cc`` instead: each
+input block (an int4 group, or 512 int8 inputs) is cut into two int8 parts
+with one scale, ``x ~ s * (hi + lo / 254)`` (about 15 bits kept, as above),
+and multiplied with the codes on AMX tiles in exact int32 sums, scaled into
+float32 at the block's end: faster than the float product. int4 groups that
+are not whole steps of 64 inputs keep ``tiles.cc``. Elsewhere the products
+keep the layers' dequantizing path. ``bench/generate_speed.py --prefill N``
+measures both.
 """
 
 from __future__ import annotations
@@ -63,7 +69,9 @@ def product_for(rows: int | None, spec) -> str | None:
     if spec.mode == "int4" and group_width(spec) % 2:  # odd groups split bytes
         return None
     if rows > FEW_ROWS:
-        return f"{spec.mode} tiles" if native.available() else None
+        if not native.available():
+            return None
+        return f"{spec.mode} amx" if native.amx() and amx_block(spec) else f"{spec.mode} tiles"
     if native.available():
         return f"{spec.mode} native"
     if spec.mode == "int8":
@@ -79,7 +87,9 @@ def row_product(x, parts: list, spec):
     kind = product_for(x.shape[0], spec)
     if kind in ("int8 native", "int8 tiles"):
         return _native_int8(kind)(x, *map(ops.convert_to_tensor, parts[:2]))
-    if kind in ("int4 native", "int4 tiles"):
+    if kind == "int8 amx":
+        return _int8_amx(amx_block(spec))(x, *map(ops.convert_to_tensor, parts[:2]))
+    if kind in ("int4 native", "int4 tiles", "int4 amx"):
         return _int4_native(x, parts, spec, kind)
     if kind == "int8 rows":
         return _int8_rows(x, *map(ops.convert_to_tensor, parts[:2]))
@@ -130,12 +140,13 @@ def _int_dot(a, codes):
 
 def _int4_native(x, parts: list, spec, kind: str):
     """``x @ W.T`` for float32 rows and int4 ``parts`` by a compiled call (the
-    few-row one leaves the zero points to XLA, the many-row one decodes them)."""
+    few-row one leaves the zero points to XLA, the many-row ones decode them)."""
     codes, scale = (ops.convert_to_tensor(p) for p in parts[:2])
     x_pad = _pad_last(x, 2 * codes.shape[1])
-    if kind == "int4 tiles":
-        zero = parts[2] if spec.has_zero else ops.zeros(scale.shape, "int8")
-        return _tiles_int4(spec)(x_pad, codes, scale, ops.convert_to_tensor(zero))
+    if kind != "int4 native":
+        zero = ops.convert_to_tensor(parts[2] if spec.has_zero else ops.zeros(scale.shape, "int8"))
+        many = _int4_amx(spec) if kind == "int4 amx" else _tiles_int4(spec)
+        return many(x_pad, codes, scale, zero)
     y = _rows_int4(spec)(x_pad, codes, scale)
     return y - _zero_offsets(x, parts, spec) if spec.has_zero else y
 
@@ -159,6 +170,40 @@ def _tiles_int4(spec):
     return native.with_input_gradient(
         lambda x, *parts: native.int4_tiles_call(x, *parts, group_bytes),
         lambda *parts: int4_matrix(list(parts), asymmetric)[:, : 2 * parts[0].shape[1]],
+    )
+
+
+# Inputs an int8 AMX product scales as one block (its sums stay exact in int32).
+_INT8_BLOCK = 512
+
+
+def amx_block(spec) -> int | None:
+    """Inputs per block of the AMX product for ``spec`` (a multiple of 64): an
+    int4 group (or the whole padded row for one group per row), 512 for int8;
+    None where int4 groups are not whole steps of 64 (those take the tiles)."""
+    padded = -(-(spec.k + spec.k % 2) // 64) * 64
+    if spec.mode == "int8":
+        return min(_INT8_BLOCK, padded)
+    width = group_width(spec)
+    if width >= spec.k:
+        return padded
+    return width if width % 64 == 0 else None
+
+
+@functools.cache
+def _int4_amx(spec):
+    """The AMX int4 product for ``spec``, differentiable in its input."""
+    asymmetric = replace(spec, symmetric=False)
+    return native.with_input_gradient(
+        lambda x, *parts: native.int4_amx_call(x, *parts, amx_block(spec)),
+        lambda *parts: int4_matrix(list(parts), asymmetric)[:, : 2 * parts[0].shape[1]],
+    )
+
+
+@functools.cache
+def _int8_amx(block: int):
+    return native.with_input_gradient(
+        lambda x, codes, scale: native.int8_amx_call(x, codes, scale, block), int8_matrix
     )
 
 
