@@ -13,6 +13,7 @@ from hubquant import cli
 from hubquant.config import parse_config
 from hubquant.errors import HubquantError
 from hubquant.io.hf_export import export_hf, pack_int32
+from hubquant.layers import native
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -26,6 +27,13 @@ def symmetric_int4(group_size):
         "  - match: {role: lm_head}\n    mode: int8\n",
         f"sym-g{group_size}",
     )
+
+
+def _reimport_bound(ours) -> float:
+    """How far a re-imported model's logits may be from the exported one's: float
+    rounding, where its int8 token table came back float (dequantized) for a tied
+    head; on AMX tiles the int8 head's product keeps about 15 bits of its input."""
+    return (2e-5 if native.amx() else 1e-6) * float(np.abs(ours).max())
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -95,7 +103,7 @@ def test_asymmetric_int4_export_loads_in_transformers_and_imports(
     zero = tensors[f"{q_proj}.weight_zero_point"]
     assert zero.dtype == np.int32 and zero.shape[0] == tensors[f"{q_proj}.weight_shape"][0]
     back = hubquant.load(tmp_path)
-    np.testing.assert_allclose(logits(back, inputs), ours, rtol=0, atol=1e-6 * np.abs(ours).max())
+    np.testing.assert_allclose(logits(back, inputs), ours, rtol=0, atol=_reimport_bound(ours))
 
 
 TASKS = {
@@ -129,7 +137,7 @@ def test_more_families_export_transformers_agrees_and_import_is_equal(family, in
     assert type(back).__name__ == type(lm).__name__
     linears = {e.hf: e.mode for e in plan.quantized if e.matrix != "embeddings"}
     assert {e.hf: e.mode for e in back.backbone.hubquant_plan.quantized} == linears
-    np.testing.assert_allclose(logits(back, inputs), ours, rtol=0, atol=1e-6 * np.abs(ours).max())
+    np.testing.assert_allclose(logits(back, inputs), ours, rtol=0, atol=_reimport_bound(ours))
     config = json.loads((tmp_path / "config.json").read_text())
     targets = {
         t for g in config["quantization_config"]["config_groups"].values() for t in g["targets"]
