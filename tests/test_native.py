@@ -135,6 +135,28 @@ def test_many_row_product_equals_the_dequantized_matrix(
     assert np.all(np.abs(got - want) <= bound)
 
 
+@pytest.mark.parametrize("kernel", ["tiles", "amx"])
+def test_many_row_product_keeps_non_finite_inputs_to_their_rows(kernel, monkeypatch):
+    """A NaN or infinite input makes its row's outputs non-finite, as the float
+    product does, and leaves the other rows as they were."""
+    from hubquant import quantizers
+    from hubquant.layers.base import MatrixSpec
+
+    if kernel == "amx" and not native.amx():
+        pytest.skip("no AMX tiles on this CPU")
+    monkeypatch.setenv("HUBQUANT_AMX", "1" if kernel == "amx" else "0")
+    rng = np.random.default_rng(1)
+    q = quantizers.quantize(rng.standard_normal((40, 256)).astype("float32"), "int4", 128, False)
+    spec = MatrixSpec("int4", 128, False, n=40, k=256)
+    x = rng.standard_normal((20, 256)).astype("float32")
+    clean = np.asarray(products.row_product(x, [q.codes, q.scale, q.zero], spec))
+    x[3, 7], x[5, 200] = np.nan, np.inf
+    got = np.asarray(products.row_product(x, [q.codes, q.scale, q.zero], spec))
+    assert not np.isfinite(got[[3, 5]]).any()
+    rest = [i for i in range(20) if i not in (3, 5)]
+    np.testing.assert_array_equal(got[rest], clean[rest])
+
+
 def test_amx_switched_off_by_the_environment(monkeypatch):
     spec = hubquant.layers.base.MatrixSpec("int4", 128, False, n=8, k=256)
     monkeypatch.setenv("HUBQUANT_AMX", "0")

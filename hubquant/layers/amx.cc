@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "tasks.h"
@@ -54,20 +55,29 @@ struct Job {
 typedef float Vec __attribute__((vector_size(64)));
 typedef int32_t Ints __attribute__((vector_size(64)));
 
-// max |x[k]| for k < len, 16 lanes at a time.
+// max |x[k]| for k < len, 16 lanes at a time; NaN where any x[k] is NaN.
 float peak_of(const float* x, int64_t len) {
   Vec most{};
+  Ints nan{};
   int64_t k = 0;
   for (; k + 16 <= len; k += 16) {
     Vec v;
     std::memcpy(&v, x + k, sizeof v);
+    nan |= v != v;
     v = v < 0 ? -v : v;
     most = v > most ? v : most;
   }
   float peak = 0.0f;
-  for (int j = 0; j < 16; ++j) peak = std::max(peak, most[j]);
-  for (; k < len; ++k) peak = std::max(peak, std::fabs(x[k]));
-  return peak;
+  bool any_nan = false;
+  for (int j = 0; j < 16; ++j) {
+    peak = std::max(peak, most[j]);
+    any_nan |= nan[j] != 0;
+  }
+  for (; k < len; ++k) {
+    peak = std::max(peak, std::fabs(x[k]));
+    any_nan |= x[k] != x[k];
+  }
+  return any_nan ? std::numeric_limits<float>::quiet_NaN() : peak;
 }
 
 // Row i's blocks as two int8 parts and one scale per block (zero past kx).
@@ -78,6 +88,10 @@ void split_row(Job& job, int64_t i) {
     int64_t k0 = b * job.block, k1 = std::min(job.kx, k0 + job.block);
     const float* x = job.x + i * job.kx;
     float peak = peak_of(x + k0, k1 - k0);
+    if (!(peak <= std::numeric_limits<float>::max())) {  // NaN or infinity: as float would
+      job.xs[i * job.blocks + b] = std::numeric_limits<float>::quiet_NaN();
+      continue;  // its parts stay zero; the NaN scale makes the row's outputs NaN
+    }
     float s = peak > 0.0f ? peak / 127.0f : 1.0f, inverse = 1.0f / s;
     job.xs[i * job.blocks + b] = s;
     for (int64_t k = k0; k < k1; ++k) {
