@@ -36,6 +36,9 @@ constexpr int64_t kCols = 32;   // output columns of a panel: two tiles
 constexpr int64_t kTileBytes = kTile * kStep;
 constexpr float kLo = 254.0f;
 
+// Inputs padded to whole tile steps.
+constexpr int64_t padded(int64_t kx) { return (kx + kStep - 1) / kStep * kStep; }
+
 struct Job {
   const float* x;       // [m, kx]
   const int8_t* codes;  // int4: [n, kx / 2]; int8: [n, kx]
@@ -84,9 +87,9 @@ float peak_of(const float* x, int64_t len) {
 void split_row(Job& job, int64_t i) {
   int8_t* hi = job.hi.data() + i * job.kp;
   int8_t* lo = job.lo.data() + i * job.kp;
+  const float* x = job.x + i * job.kx;
   for (int64_t b = 0; b < job.blocks; ++b) {
     int64_t k0 = b * job.block, k1 = std::min(job.kx, k0 + job.block);
-    const float* x = job.x + i * job.kx;
     float peak = peak_of(x + k0, k1 - k0);
     if (!(peak <= std::numeric_limits<float>::max())) {  // NaN or infinity: as float would
       job.xs[i * job.blocks + b] = std::numeric_limits<float>::quiet_NaN();
@@ -272,7 +275,7 @@ bool ready() {
 ffi::Error run(ffi::ThreadPool& pool, Job& job) {
 #if HUBQUANT_AMX
   if (!ready()) return ffi::Error::Internal("hubquant: AMX tiles not granted");
-  job.kp = (job.kx + kStep - 1) / kStep * kStep;
+  job.kp = padded(job.kx);
   job.mp = (job.m + kTile - 1) / kTile * kTile;
   job.blocks = (job.kp + job.block - 1) / job.block;
   job.hi.assign(job.mp * job.kp, 0);
@@ -289,30 +292,16 @@ ffi::Error run(ffi::ThreadPool& pool, Job& job) {
 #endif
 }
 
-Job new_job(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S8>& codes, ffi::Buffer<ffi::F32>& scale,
-            ffi::ResultBuffer<ffi::F32>& out, int64_t block) {
-  Job job{};
-  job.m = x.dimensions()[0];
-  job.kx = x.dimensions()[1];
-  job.n = codes.dimensions()[0];
-  job.x = x.typed_data();
-  job.codes = codes.typed_data();
-  job.scale = scale.typed_data();
-  job.out = out->typed_data();
-  job.block = block;
-  return job;
-}
-
 ffi::Error Int4Amx(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> codes,
                    ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::S8> zero,
                    ffi::ResultBuffer<ffi::F32> out, int64_t block) {
-  auto job = new_job(x, codes, scale, out, block);
+  auto job = hubquant::product_job<Job>(x, codes, scale, out);
+  job.block = block;
   job.g = scale.dimensions()[1];
   job.zero = zero.typed_data();
   job.int4 = true;
-  int64_t kp = (job.kx + kStep - 1) / kStep * kStep;
   if (2 * codes.dimensions()[1] != job.kx || block < kStep || block % kStep ||
-      job.g != (kp + block - 1) / block || zero.dimensions()[1] != job.g ||
+      job.g != (padded(job.kx) + block - 1) / block || zero.dimensions()[1] != job.g ||
       zero.dimensions()[0] != job.n)
     return ffi::Error::InvalidArgument("hubquant_int4_amx: bad shapes");
   return run(pool, job);
@@ -321,7 +310,8 @@ ffi::Error Int4Amx(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
 ffi::Error Int8Amx(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> codes,
                    ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> out,
                    int64_t block) {
-  auto job = new_job(x, codes, scale, out, block);
+  auto job = hubquant::product_job<Job>(x, codes, scale, out);
+  job.block = block;
   job.int4 = false;
   if (codes.dimensions()[1] != job.kx || block < kStep || block % kStep)
     return ffi::Error::InvalidArgument("hubquant_int8_amx: bad shapes");

@@ -62,8 +62,9 @@ _LO = 254.0
 def product_for(rows: int | None, spec) -> str | None:
     """Which product ``rows`` input rows (None: unknown) take: compiled
     ``"int8 native"`` / ``"int4 native"`` (few rows) or ``"int8 amx"`` /
-    ``"int4 amx"`` / ``"int8 tiles"`` / ``"int4 tiles"`` (more), the XLA forms ``"int8 rows"``, ``"int4 row"``,
-    ``"int4 rows"``, or None for the layer's dequantizing path."""
+    ``"int4 amx"`` / ``"int8 tiles"`` / ``"int4 tiles"`` (more), the XLA
+    forms ``"int8 rows"``, ``"int4 row"``, ``"int4 rows"``, or None for the
+    layer's dequantizing path."""
     if rows is None:
         return None
     if spec.mode == "int4" and group_width(spec) % 2:  # odd groups split bytes

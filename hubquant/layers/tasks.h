@@ -1,5 +1,6 @@
 // hubquant: independent tasks shared between the calling thread and XLA's intra-op
-// thread pool (rows.cc, tiles.cc).
+// thread pool (rows.cc, tiles.cc, amx.cc), and the buffers a many-row product's
+// job reads (tiles.cc, amx.cc).
 #pragma once
 
 #include <algorithm>
@@ -40,6 +41,23 @@ inline void run_tasks(xla::ffi::ThreadPool& pool, int64_t count,
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([tasks] { take(*tasks); });
   take(*tasks);
   while (tasks->done.load() < count) std::this_thread::yield();
+}
+
+// A many-row product's job with its shapes and buffers filled in: x [m, kx],
+// codes [n, ...], scale and out [m, n].
+template <typename Job>
+Job product_job(xla::ffi::Buffer<xla::ffi::F32>& x, xla::ffi::Buffer<xla::ffi::S8>& codes,
+                xla::ffi::Buffer<xla::ffi::F32>& scale,
+                xla::ffi::ResultBuffer<xla::ffi::F32>& out) {
+  Job job{};
+  job.m = x.dimensions()[0];
+  job.kx = x.dimensions()[1];
+  job.n = codes.dimensions()[0];
+  job.x = x.typed_data();
+  job.codes = codes.typed_data();
+  job.scale = scale.typed_data();
+  job.out = out->typed_data();
+  return job;
 }
 
 }  // namespace hubquant

@@ -172,23 +172,10 @@ void run(ffi::ThreadPool& pool, Job& job) {
   });
 }
 
-Job new_job(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S8>& codes, ffi::Buffer<ffi::F32>& scale,
-            ffi::ResultBuffer<ffi::F32>& out) {
-  Job job{};
-  job.m = x.dimensions()[0];
-  job.kx = x.dimensions()[1];
-  job.n = codes.dimensions()[0];
-  job.x = x.typed_data();
-  job.codes = codes.typed_data();
-  job.scale = scale.typed_data();
-  job.out = out->typed_data();
-  return job;
-}
-
 ffi::Error Int4Tiles(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> codes,
                      ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::S8> zero,
                      ffi::ResultBuffer<ffi::F32> out, int64_t group_bytes) {
-  auto job = new_job(x, codes, scale, out);
+  auto job = hubquant::product_job<Job>(x, codes, scale, out);
   job.g = scale.dimensions()[1];
   job.zero = zero.typed_data();
   job.group_bytes = group_bytes;
@@ -202,7 +189,7 @@ ffi::Error Int4Tiles(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
 
 ffi::Error Int8Tiles(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> codes,
                      ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> out) {
-  auto job = new_job(x, codes, scale, out);
+  auto job = hubquant::product_job<Job>(x, codes, scale, out);
   job.int4 = false;
   if (codes.dimensions()[1] != job.kx)
     return ffi::Error::InvalidArgument("hubquant_int8_tiles: bad shapes");
