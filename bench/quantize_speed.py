@@ -2,7 +2,9 @@
 
 Both start from the same float Llama-3-shaped backbone in memory and end with a
 quantized model in memory (loading and saving excluded, compilation included).
-Prints seconds for each and the ratio Keras / hubquant.
+Prints seconds for each and the ratio Keras / hubquant. The first run on a
+machine also compiles hubquant's int4 programs (kept in ``$HUBQUANT_CACHE``,
+loaded by later runs); a case that did says so.
 
     python bench/quantize_speed.py              # ~100M parameters
     python bench/quantize_speed.py --layers 2   # a quick look
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # as hubquant's own default (README)
 
@@ -21,7 +24,11 @@ import keras_hub
 from keras.quantizers import Int4QuantizationConfig, Int8QuantizationConfig
 
 import hubquant  # first: it quiets TensorFlow's start-up chatter
+from hubquant import programs
 from hubquant.synthetic import make_trained_like
+
+# Keras' quantize warns once per layer it leaves alone (norms, dropout, ...).
+warnings.filterwarnings("ignore", message="Layer .* does not have a `quantize` method")
 
 
 def build(args) -> keras_hub.models.Llama3Backbone:
@@ -45,6 +52,12 @@ def time_quantize(args, quantize) -> float:
     start = time.perf_counter()
     quantize(model)
     return time.perf_counter() - start
+
+
+def kept_programs() -> int:
+    """How many compiled programs ``$HUBQUANT_CACHE/programs`` holds."""
+    folder = programs.cache_folder() / "programs"
+    return len(list(folder.glob("*.xla"))) if folder.is_dir() else 0
 
 
 def main() -> None:
@@ -72,11 +85,14 @@ def main() -> None:
     ]
     print(f"{'case':28s} {'hubquant s':>11s} {'keras s':>9s} {'keras/hubquant':>15s}")
     for name, ours_config, keras_mode, keras_config in cases:
+        kept = kept_programs()
         ours = time_quantize(args, lambda m, c=ours_config: hubquant.quantize(m, c))
+        compiled = kept_programs() - kept
         theirs = time_quantize(
             args, lambda m, mode=keras_mode, c=keras_config: m.quantize(mode, config=c)
         )
-        print(f"{name:28s} {ours:11.2f} {theirs:9.2f} {theirs / ours:14.1f}x", flush=True)
+        note = f"  (compiled {compiled} programs: a first run here)" if compiled else ""
+        print(f"{name:28s} {ours:11.2f} {theirs:9.2f} {theirs / ours:14.1f}x{note}", flush=True)
 
 
 if __name__ == "__main__":
