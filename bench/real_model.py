@@ -52,6 +52,9 @@ _TOP_NAMES = {
 _BOOKS = {
     "calibration_war_and_peace.txt": "WAR AND PEACE",
     "eval_sherlock.txt": "THE ADVENTURES OF SHERLOCK HOLMES",
+    # Real text of other kinds, to compare calibration sources (README).
+    "calibration_history_us.txt": "HISTORY OF THE UNITED STATES",
+    "calibration_surgery.txt": "MANUAL OF SURGERY",
 }
 
 
@@ -186,11 +189,23 @@ def write_model(gguf_path: Path, folder: Path) -> None:
 
 
 def book(text: str, title: str) -> str:
-    """One Project Gutenberg book from ``text``, between its START and END lines."""
-    start = text.index(f"*** START OF THE PROJECT GUTENBERG EBOOK, {title} ***")
-    start = text.index("\n", start) + 1
-    end = text.index(f"*** END OF THE PROJECT GUTENBERG EBOOK, {title} ***", start)
-    return re.sub(r"\n{3,}", "\n\n", text[start:end].strip()) + "\n"
+    """One Project Gutenberg book from ``text``, between its START and END lines
+    (``*** START OF THE PROJECT GUTENBERG EBOOK, TITLE ***`` or ``... OF THIS
+    PROJECT GUTENBERG EBOOK TITLE ***``), without Gutenberg's closing line."""
+    start = _marker("START", title).search(text).end()
+    end = _marker("END", title).search(text, start).start()
+    body = text[start:end].strip()
+    body = body[: body.rfind(_CLOSING)].strip() if _CLOSING in body else body
+    return re.sub(r"\n{3,}", "\n\n", body) + "\n"
+
+
+_CLOSING = "End of the Project Gutenberg EBook of"
+
+
+def _marker(which: str, title: str) -> re.Pattern:
+    return re.compile(
+        rf"\*\*\* {which} OF TH(?:E|IS) PROJECT GUTENBERG EBOOK,? {re.escape(title)} \*\*\*\n"
+    )
 
 
 def write_texts(folder: Path) -> None:
