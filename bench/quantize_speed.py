@@ -54,12 +54,6 @@ def time_quantize(args, quantize) -> float:
     return time.perf_counter() - start
 
 
-def kept_programs() -> int:
-    """How many compiled programs ``$HUBQUANT_CACHE/programs`` holds."""
-    folder = programs.cache_folder() / "programs"
-    return len(list(folder.glob("*.xla"))) if folder.is_dir() else 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -85,9 +79,9 @@ def main() -> None:
     ]
     print(f"{'case':28s} {'hubquant s':>11s} {'keras s':>9s} {'keras/hubquant':>15s}")
     for name, ours_config, keras_mode, keras_config in cases:
-        kept = kept_programs()
+        kept = programs.kept()
         ours = time_quantize(args, lambda m, c=ours_config: hubquant.quantize(m, c))
-        compiled = kept_programs() - kept
+        compiled = programs.kept() - kept
         theirs = time_quantize(
             args, lambda m, mode=keras_mode, c=keras_config: m.quantize(mode, config=c)
         )

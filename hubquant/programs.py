@@ -33,6 +33,20 @@ def cache_folder() -> Path:
     return Path(os.environ.get("HUBQUANT_CACHE") or Path.home() / ".cache" / "hubquant")
 
 
+def program_folder() -> Path:
+    """Where compiled programs are kept: ``programs`` in ``cache_folder()``."""
+    return cache_folder() / "programs"
+
+
+def kept() -> int:
+    """How many compiled programs ``program_folder()`` holds."""
+    folder = program_folder()
+    return len(list(folder.glob(f"*{_SUFFIX}"))) if folder.is_dir() else 0
+
+
+_SUFFIX = ".xla"
+
+
 def cpu_identity() -> str:
     """What code compiled for this CPU depends on: the machine and its flags."""
     try:
@@ -49,7 +63,7 @@ def compiled(jitted, source: str, args: tuple, **statics):
     from the cache where kept, else compiled and kept."""
     if jax.default_backend() != "cpu":
         return jitted.lower(*args, **statics).compile()
-    path = cache_folder() / "programs" / f"{_key(jitted, source, args, statics)}.xla"
+    path = program_folder() / f"{_key(jitted, source, args, statics)}{_SUFFIX}"
     program = _load(path, args)
     if program is None:
         program = jitted.lower(*args, **statics).compile()
