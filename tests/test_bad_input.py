@@ -360,6 +360,15 @@ ROWS = {
             "default: {mode: int4, algorithm: gptq}\ncalibration: {generate: {temperature: -0.5}}\n"
         ),
     ),
+    "generate_prompt_too_long": Row(
+        f"{APPLY} {{in}}/c.yaml",
+        "{in}/c.yaml: calibration: key 'generate.prompts': expected a list of 1 to 256 strings "
+        "of at most 400 characters. Received: generate.prompts=['" + "x" * 75 + "...",
+        _config(
+            "default: {mode: int4, algorithm: gptq}\ncalibration: {generate: {prompts: [%s]}}\n"
+            % ("x" * 401)
+        ),
+    ),
     "self_calibrating_a_bare_backbone": Row(
         "apply --preset {in}/backbone --config int4_gptq --output {out}",
         "no calibration files are given, so hubquant would generate calibration text with the "

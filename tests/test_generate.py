@@ -70,6 +70,26 @@ def test_gemma3_generates_its_own_text_after_its_bos():
     assert 0 <= tokens.min() and tokens.max() < lm.backbone.vocabulary_size
 
 
+def test_prompts_open_the_samples_in_turn_and_are_not_in_the_windows(llama):
+    """A config's ``prompts`` replace the neutral ones: each sample continues
+    its own prompt (near zero temperature: the float model's argmax after it)."""
+    text = "calibration: {generate: {prompts: ['the quick', brown]}}\n"
+    gen = parse_config(text, "c.yaml").calibration.generate
+    assert gen.prompts == ("the quick", "brown")
+    gen = Generate(num_samples=3, seq_len=5, temperature=1e-4, batch_size=3, prompts=gen.prompts)
+    tokens = generated_tokens(llama, gen, 0, report=lambda line: None)
+    from hubquant.calibrate.generate import prompt_ids
+
+    prompts = prompt_ids(llama, texts=gen.prompts)
+    assert len(prompts) == 2 and prompts[0] != prompts[1]
+    for row, prompt in zip(range(3), [*prompts, prompts[0]]):
+        ids = np.array([prompt + tokens[row, 1:].tolist()], "int32")
+        logits = np.asarray(llama({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
+        predicted = logits[len(prompt) - 1 : -1].argmax(-1)
+        np.testing.assert_array_equal(predicted, tokens[row, 1:])
+    np.testing.assert_array_equal(tokens[0], tokens[2])
+
+
 def test_batches_report_progress_and_a_partial_batch_is_cut(llama):
     lines = []
     gen = Generate(num_samples=5, seq_len=8, batch_size=2)
@@ -116,12 +136,22 @@ def test_generate_section_defaults_and_counts_from_the_section():
         (
             "{generate: {samples: 4}}",
             "key 'generate.samples': unknown key; expected one of num_samples, seq_len, "
-            "temperature, batch_size. Received: generate.samples=4",
+            "temperature, batch_size, prompts. Received: generate.samples=4",
         ),
         (
             "{generate: 4}",
             "key 'generate': expected a mapping with keys num_samples, seq_len, temperature, "
-            "batch_size. Received: generate=4",
+            "batch_size, prompts. Received: generate=4",
+        ),
+        (
+            "{generate: {prompts: []}}",
+            "key 'generate.prompts': expected a list of 1 to 256 strings of at most 400 "
+            "characters. Received: generate.prompts=[]",
+        ),
+        (
+            "{generate: {prompts: [The, 3]}}",
+            "key 'generate.prompts': expected a list of 1 to 256 strings of at most 400 "
+            "characters. Received: generate.prompts=['The', 3]",
         ),
     ],
 )
