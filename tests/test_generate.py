@@ -82,7 +82,7 @@ def test_prompts_open_the_samples_in_turn_and_are_not_in_the_windows(llama):
 
     prompts = prompt_ids(llama, texts=gen.prompts)
     assert len(prompts) == 2 and prompts[0] != prompts[1]
-    for row, prompt in zip(range(3), [*prompts, prompts[0]]):
+    for row, prompt in enumerate([*prompts, prompts[0]]):
         ids = np.array([prompt + tokens[row, 1:].tolist()], "int32")
         logits = np.asarray(llama({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
         predicted = logits[len(prompt) - 1 : -1].argmax(-1)

@@ -78,6 +78,7 @@ def parse_generate(raw: object, where: str, counts: dict) -> Generate:
 
 
 def _prompts(value: object, where: str) -> tuple[str, ...]:
+    """``generate.prompts`` checked (one string is a list of one)."""
     from hubquant.yaml_data import message
 
     if isinstance(value, str):
