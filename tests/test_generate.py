@@ -52,10 +52,15 @@ def test_windows_are_the_start_ids_then_what_the_model_writes_after_its_prompt(l
     tokens = generated_tokens(llama, gen, 0, report=lambda line: None)
     assert (tokens[:, 0] == start).all()
     for row, prompt in enumerate(prompts[:2]):
-        ids = np.array([prompt + tokens[row, 1:].tolist()], "int32")
-        logits = np.asarray(llama({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
-        predicted = logits[len(prompt) - 1 : -1].argmax(-1)
-        np.testing.assert_array_equal(predicted, tokens[row, 1:])
+        _assert_argmax_after(llama, prompt, tokens[row, 1:])
+
+
+def _assert_argmax_after(model, prompt: list[int], written: np.ndarray) -> None:
+    """``written`` is, token by token, ``model``'s argmax after ``prompt`` and
+    what it wrote before."""
+    ids = np.array([prompt + written.tolist()], "int32")
+    logits = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
+    np.testing.assert_array_equal(logits[len(prompt) - 1 : -1].argmax(-1), written)
 
 
 def test_gemma3_generates_its_own_text_after_its_bos():
@@ -83,10 +88,7 @@ def test_prompts_open_the_samples_in_turn_and_are_not_in_the_windows(llama):
     prompts = prompt_ids(llama, texts=gen.prompts)
     assert len(prompts) == 2 and prompts[0] != prompts[1]
     for row, prompt in enumerate([*prompts, prompts[0]]):
-        ids = np.array([prompt + tokens[row, 1:].tolist()], "int32")
-        logits = np.asarray(llama({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0]
-        predicted = logits[len(prompt) - 1 : -1].argmax(-1)
-        np.testing.assert_array_equal(predicted, tokens[row, 1:])
+        _assert_argmax_after(llama, prompt, tokens[row, 1:])
     np.testing.assert_array_equal(tokens[0], tokens[2])
 
 
