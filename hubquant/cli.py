@@ -13,6 +13,7 @@ import sys
 import threading
 
 from hubquant.errors import Terminated
+from hubquant.shipped import shipped_files
 
 EXIT_USER, EXIT_INTERNAL = 2, 1
 
@@ -33,10 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="KerasHub preset name, handle or folder (default: the built-in synthetic Gemma, offline)",
     )
-    apply.add_argument(
-        "--config",
-        help="mode config: a YAML file or a shipped name (int8, int4, mixed, encoder_int4)",
-    )
+    shipped = ", ".join(shipped_files("configs"))
+    apply.add_argument("--config", help=f"mode config: a YAML file or a shipped name ({shipped})")
     apply.add_argument("--target-size", help="instead of --config: tune to this budget first")
     apply.add_argument("--target-bits", help="instead of --config: tune to these bits first")
     apply.add_argument("--output", help="output folder (required unless --dry-run)")
@@ -94,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for kind in ("recipes", "configs"):
         group = sub.add_parser(kind, help=f"list or show {kind}")
-        verbs = group.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+        verbs = group.add_subparsers(dest="verb", parser_class=_Parser)
         verbs.add_parser("list", help=f"list {kind} (recipes: with where each was found)")
         show = verbs.add_parser("show", help=f"print one of the {kind}")
         show.add_argument("name")
@@ -247,8 +246,8 @@ def _dispatch(args) -> int:
             "validate": lambda: commands.validate_recipe(args.file),
             "new": lambda: commands.new_recipe(args.preset),
         }
-        return verbs[args.verb]()
-    if args.verb == "list":
+        return verbs[args.verb or "list"]()  # `hubquant recipes` alone lists them
+    if args.verb in (None, "list"):
         return commands.list_shipped(args.command)
     return commands.show_shipped(args.command, args.name)
 

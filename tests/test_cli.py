@@ -42,9 +42,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path, float_pres
 
 def test_configs_and_recipes_listing(capsys):
     code, out, _ = run(capsys, "configs", "list")
-    assert code == 0 and {"encoder_int4", "int4", "int8", "mixed"} <= {
+    assert code == 0 and {"encoder_int4", "int4", "int4_gptq", "int8", "mixed"} <= {
         line.split()[0] for line in out.splitlines()
     }
+    assert run(capsys, "configs") == (0, out, "")  # no verb: the list
+    names = {line.split()[0] for line in run(capsys, "recipes")[1].splitlines()}
+    assert {"gemma", "llama3"} <= names
     code, out, _ = run(capsys, "recipes", "show", "gemma")
     assert code == 0 and "GemmaBackbone" in out
     code, _, err = run(capsys, "recipes", "show", "gpt9")

@@ -62,6 +62,17 @@ def test_generate_after_load(family, saved):
     assert isinstance(text, str) and text.startswith("the sea")
 
 
+def test_keras_archive_loads_without_a_compile_warning(saved):
+    """Keras warns on every KerasHub task archive that its custom compile() was
+    not restored; the task compiles itself, so hubquant.load says nothing."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm = hubquant.load(saved["gemma"][0] / "model.keras")
+    assert lm.compiled and lm.generate("the sea", max_length=12).startswith("the sea")
+
+
 def test_metadata_records_plan_recipe_and_config(saved):
     meta = json.loads((saved["gemma"][0] / "hubquant.json").read_text())
     assert meta["hubquant_version"] == hubquant.__version__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import keras
@@ -123,7 +124,11 @@ def load_keras(path: Path):
             f"'{path}' is truncated or corrupt: not a readable .keras archive (no zip directory)."
         )
     try:
-        return keras.saving.load_model(str(path), safe_mode=True)
+        with warnings.catch_warnings():
+            # Keras warns that a KerasHub task's custom compile() was not restored;
+            # the task compiles itself with its defaults when it is built.
+            warnings.filterwarnings("ignore", r"`compile\(\)` was not called", UserWarning)
+            return keras.saving.load_model(str(path), safe_mode=True)
     except Exception as e:
         raise load_error(path, e, zipfile.BadZipFile) from None
 
