@@ -9,8 +9,8 @@ a model without them, such as SmolLM2, gets its end token, the separator
 between documents in pretraining text) and one of a few neutral prompts (or
 the user's ``prompts``: openings of the kind of text the model will read), then
 is sampled token by token from the float model's own next-token distribution
-(KerasHub's ``generate`` with a seeded ``RandomSampler``), batch by batch: no
-end token stops it. The window kept is the start ids, then the tokens after
+(KerasHub's ``generate`` with a seeded ``BlockSampler``: its ``RandomSampler``,
+drawing faster), batch by batch: no end token stops it. The window kept is the start ids, then the tokens after
 the prompt, like a window cut from a file. The ids are used as they are (no
 detokenizing). The same seed gives the same tokens.
 """
@@ -120,8 +120,7 @@ def require_generator(model) -> None:
 def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarray:
     """``[gen.num_samples, gen.seq_len]`` int32 ids sampled from ``model`` (a
     float CausalLM with a tokenizer); ``report`` gets one line per batch."""
-    import keras_hub
-
+    from hubquant.calibrate.sampler import BlockSampler
     from hubquant.text import start_ids, windows
 
     require_generator(model)
@@ -129,7 +128,7 @@ def generated_tokens(model, gen: Generate, seed: int, report=print) -> np.ndarra
     prompts = prompt_ids(model, head, gen.prompts)
     head = head[: gen.seq_len]
     length = gen.seq_len - len(head) + max(len(p) for p in prompts)
-    sampler = keras_hub.samplers.RandomSampler(temperature=gen.temperature, seed=seed)
+    sampler = BlockSampler(temperature=gen.temperature, seed=seed)
     lm = type(model)(backbone=model.backbone, preprocessor=None)  # ids in, ids out
     lm.compile(sampler=sampler)
     # The compiled step itself: ``generate`` would also stack outputs that are
