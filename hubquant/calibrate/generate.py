@@ -10,9 +10,9 @@ between documents in pretraining text) and one of a few neutral prompts (or
 the user's ``prompts``: openings of the kind of text the model will read), then
 is sampled token by token from the float model's own next-token distribution
 (KerasHub's ``generate`` with a seeded ``BlockSampler``: its ``RandomSampler``,
-drawing faster), batch by batch: no end token stops it. The window kept is the start ids, then the tokens after
-the prompt, like a window cut from a file. The ids are used as they are (no
-detokenizing). The same seed gives the same tokens.
+drawing faster), batch by batch: no end token stops it. The window kept is the
+start ids, then the tokens after the prompt, like a window cut from a file. The
+ids are used as they are (no detokenizing). The same seed gives the same tokens.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ KerasHub's ``RandomSampler`` draws with ``keras.random.categorical``: one
 random number per vocabulary entry per step. On a CPU under JAX that is most
 of the sampling time for a large vocabulary (batch 32: 218 ms a step for
 Gemma 3's 262,144 ids, 30 ms for SmolLM2's 49,152; the model's own step is
-about 150 and 190 ms). ``BlockSampler`` draws from the same distribution with
+about 155 and 175 ms). ``BlockSampler`` draws from the same distribution with
 two random numbers per row, by inverse CDF in two levels: a block of ``BLOCK``
 ids by the blocks' total probabilities, then an id inside it (1.3 ms and
 0.5 ms).
