@@ -34,7 +34,7 @@ MAX_PROMPTS, MAX_PROMPT_CHARS = 256, 400  # a stranger's file: bounded before to
 @dataclass(frozen=True)
 class Generate:
     """How much text to generate (on 2 CPU cores the defaults take about a
-    minute for a 135M or 270M model: 62 s for SmolLM2, 71-74 s for Gemma 3).
+    minute for a 135M or 270M model: 58-62 s for SmolLM2, 71-74 s for Gemma 3).
     Self-generated text teaches GPTQ less per token than real text, and more
     short samples teach it more than fewer long ones: on the fidelity bench
     (GPTQ int4 g128, damping 0.003, temperature 1.2) 256 samples of 64 tokens
