@@ -239,6 +239,7 @@ def _dispatch(args) -> int:
         return commands.export(args.source, args.to, args.output, args.overwrite)
     if args.command == "presets":
         return commands.list_presets(args.filter)
+    verb = args.verb or "list"  # `hubquant recipes` / `hubquant configs` alone list them
     if args.command == "recipes":
         verbs = {
             "list": lambda: commands.list_recipes(),
@@ -246,8 +247,8 @@ def _dispatch(args) -> int:
             "validate": lambda: commands.validate_recipe(args.file),
             "new": lambda: commands.new_recipe(args.preset),
         }
-        return verbs[args.verb or "list"]()  # `hubquant recipes` alone lists them
-    if args.verb in (None, "list"):
+        return verbs[verb]()
+    if verb == "list":
         return commands.list_shipped(args.command)
     return commands.show_shipped(args.command, args.name)
 
