@@ -84,9 +84,9 @@ def apply(
     for line in plan.notes:
         say(f"note: {line}")
     api.save(model, output, format_list, overwrite=overwrite)
-    say(report_mod.role_table(plan, progress.seconds))
+    say(report_mod.role_table(plan, progress.seconds, progress.other))
     if report:
-        _write_report(Path(report), report_mod.role_report(plan, progress.seconds))
+        _write_report(Path(report), report_mod.role_report(plan, progress.seconds, progress.other))
     say(f"wrote {output} ({', '.join(format_list)})")
     return 0
 

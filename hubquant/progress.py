@@ -20,7 +20,8 @@ class Progress:
             self.left[entries[0].block] = self.left.get(entries[0].block, 0) + 1
         self.quiet = quiet
         self.done = 0
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # per role: quantizing its layers
+        self.other: dict[str, float] = {}  # work that is no role's (``spent``)
         self.start = self.last = time.perf_counter()
         self._bar = None
         if not quiet and self.stream.isatty():
@@ -60,15 +61,24 @@ class Progress:
                 flush=True,
             )
 
+    def spent(self, what: str) -> None:
+        """Charge the time since the last event to ``what``, work that is no
+        role's (running blocks on calibration text, reading weights)."""
+        now = time.perf_counter()
+        self.other[what] = self.other.get(what, 0.0) + now - self.last
+        self.last = now
+
     def note(self, line: str) -> None:
         """A line about work before the first layer (generating calibration
-        text); that time is not counted against any role."""
+        text): that time is charged to "calibration text", and the ETA
+        counts from the last such line."""
         if self._bar is not None:
             self._bar.console.print(line, markup=False, highlight=False)
         elif not self.quiet:
             print(line, file=self.stream, flush=True)
         if self.done == 0:
-            self.start = self.last = time.perf_counter()
+            self.spent("calibration text")
+            self.start = self.last
 
     def close(self) -> None:
         if self._bar is not None:

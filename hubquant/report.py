@@ -26,27 +26,23 @@ def plan_table(plan: Plan) -> str:
     return _format(rows) + "\n" + totals_line(plan) + _unmatched(plan)
 
 
-def role_table(plan: Plan, seconds: dict[str, float] | None = None) -> str:
-    """Per role and in total: parameters, bytes before and after, ratio, time."""
-    data = role_report(plan, seconds)
+def role_table(plan: Plan, seconds: dict | None = None, other: dict | None = None) -> str:
+    """Per role and in total: parameters, bytes before and after, ratio, time;
+    then the time of work that is no role's (``other``: what -> seconds)."""
+    data = role_report(plan, seconds, other)
     rows = [("role", "params", "before", "after", "ratio", "time")]
-    for role, row in [*data["roles"].items(), ("total", data["total"])]:
-        t = row["seconds"]
-        rows.append(
-            (
-                role,
-                f"{row['params']:,}",
-                _size(row["bytes_before"]),
-                _size(row["bytes_after"]),
-                f"{row['ratio']:.2f}x",
-                "-" if t is None else f"{t:.2f}s",
-            )
-        )
+    for role, row in data["roles"].items():
+        rows.append((role, *_sizes(row), _seconds(row["seconds"])))
+    for what, t in data["other_seconds"].items():
+        rows.append((what, "", "", "", "", _seconds(t)))
+    rows.append(("total", *_sizes(data["total"]), _seconds(data["total"]["seconds"])))
     return _format(rows)
 
 
-def role_report(plan: Plan, seconds: dict[str, float] | None = None) -> dict:
-    """The role table as data, for ``--report FILE``."""
+def role_report(plan: Plan, seconds: dict | None = None, other: dict | None = None) -> dict:
+    """The role table as data, for ``--report FILE``: ``seconds`` per role
+    (quantizing its layers), ``other_seconds`` (generating calibration text,
+    running blocks on it, reading weights) and the total of both."""
     roles: dict[str, dict] = {}
     for e in plan.entries:
         row = roles.setdefault(e.role, {"params": 0, "bytes_before": 0, "bytes_after": 0})
@@ -58,9 +54,28 @@ def role_report(plan: Plan, seconds: dict[str, float] | None = None) -> dict:
         row["seconds"] = (seconds or {}).get(role)
     totals = plan.totals()
     totals["ratio"] = totals["bytes_before"] / max(1, totals["bytes_after"])
-    totals["seconds"] = sum((seconds or {}).values()) if seconds else None
+    timed = [*(seconds or {}).values(), *(other or {}).values()]
+    totals["seconds"] = sum(timed) if seconds else None
     totals["largest_block_bytes"] = largest_block_bytes(plan)
-    return {"recipe": plan.recipe, "roles": roles, "total": totals}
+    return {
+        "recipe": plan.recipe,
+        "roles": roles,
+        "other_seconds": dict(other or {}),
+        "total": totals,
+    }
+
+
+def _sizes(row: dict) -> tuple[str, ...]:
+    return (
+        f"{row['params']:,}",
+        _size(row["bytes_before"]),
+        _size(row["bytes_after"]),
+        f"{row['ratio']:.2f}x",
+    )
+
+
+def _seconds(t: float | None) -> str:
+    return "-" if t is None else f"{t:.2f}s"
 
 
 def largest_block_bytes(plan: Plan) -> int:

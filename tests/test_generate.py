@@ -3,6 +3,7 @@ batched, in the vocabulary; the shipped GPTQ config runs with no other flag."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras_hub
@@ -177,17 +178,32 @@ def test_shipped_gptq_config_self_calibrates_a_preset(tmp_path, float_presets, c
     model and gives the same weights as quantizing the float model in memory."""
     config = _small_shipped(tmp_path)
     preset = str(float_presets["llama3"])
+    report = tmp_path / "report.json"
     args = ["apply", "--preset", preset, "--config", str(config), "--output", str(tmp_path / "o")]
-    assert main(args) == 0
+    assert main([*args, "--report", str(report)]) == 0
     out = capsys.readouterr().out
     assert "generated calibration text: 6/6 samples of 24 tokens" in out
     assert "note:" not in out  # the shipped config is quiet
+    _assert_time_split(json.loads(report.read_text()), out)
     streamed = hubquant.load(tmp_path / "o")
     in_memory = keras_hub.models.CausalLM.from_preset(preset)
     applied = hubquant.quantize(in_memory, load_config(config))
     assert {e.algorithm for e in applied.quantized if e.block is not None} == {"gptq"}
     for a, b in zip(streamed.backbone.weights, in_memory.backbone.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+def _assert_time_split(report: dict, out: str) -> None:
+    """The report charges generating the text and running the blocks on it to
+    rows of their own, not to the first role of each block; the total is the
+    whole of the roles' time and theirs."""
+    other = report["other_seconds"]
+    assert set(other) == {"calibration text", "running blocks", "reading weights"}
+    assert all(t > 0 for t in other.values())
+    roles = [row["seconds"] for row in report["roles"].values() if row["seconds"] is not None]
+    assert report["total"]["seconds"] == pytest.approx(sum(roles) + sum(other.values()))
+    table = {line.split()[0] for line in out.splitlines() if line.endswith("s")}
+    assert {"calibration", "running", "reading", "total"} <= table
 
 
 def test_a_model_that_cannot_generate_is_refused_in_one_line(llama):

@@ -24,6 +24,9 @@ from hubquant.paths import backbone_of, layer_at
 from hubquant.plan import Plan, PlanEntry
 
 CALIBRATED_LAYERS = ("QuantDense", "QuantEinsumDense")
+# Time no role's: the float blocks run on the calibration text to record the
+# inputs of their layers, and the quantized ones to pass their outputs on.
+RUNNING_BLOCKS = "running blocks"
 
 
 def needs_calibration(plan: Plan) -> bool:
@@ -72,11 +75,14 @@ def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer, before_b
     """Block by block: statistics on the float block, quantize, pass outputs on."""
     routers = {e.block: e.attr for e in plan.entries if e.role == "moe.router"}
     notes, folded = [], {}
+    spent = getattr(on_layer, "spent", lambda what: None)  # Progress: time per kind of work
     for index, block, inputs in blocks_mod.walk(backbone, plan, tokens, max(by_block)):
+        spent(RUNNING_BLOCKS)  # the blocks before this one, on the calibration text
         planned = by_block.get(index, {})
         if planned:
             if before_block is not None:
                 before_block(list(planned))
+                spent("reading weights")
             step = _BlockStep(backbone, plan, index, planned, routers.get(index), on_layer)
             notes += step.run(block, inputs)
             folded.update(step.folded)
@@ -175,6 +181,7 @@ class _BlockStep:
             experts.recording(list(self.banks.values())),
         ):
             inputs.feed(block, self.index)
+        getattr(self.on_layer, "spent", lambda what: None)(RUNNING_BLOCKS)
         notes = self._fold_into_projections() + self._fold()
         for attr, entries in self.planned.items():
             if attr in self.banks:
