@@ -119,6 +119,7 @@ def test_report_json_has_roles_and_totals(capsys, tmp_path, float_presets):
     assert data["recipe"] == "gemma" and "attn.q" in data["roles"]
     assert data["total"]["bytes_after"] < data["total"]["bytes_before"]
     assert data["total"]["ratio"] > 4
+    assert data["other_seconds"] == {}  # no calibration: all the time is the roles'
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def calibrate_plan(model, plan: Plan, calibration=None, on_layer=None, before_bl
     """
     backbone = backbone_of(model)
     tokens = tokens_for(model, plan, calibration, report=reporter(on_layer))
+    spender(on_layer)("calibration text")  # read and tokenized, or generated
     by_block, direct, notes = _split(plan)
     for attr, entries in direct.items():
         _quantize_rtn(backbone, attr, entries, on_layer)
@@ -75,7 +76,7 @@ def _run_blocks(backbone, plan: Plan, by_block: dict, tokens, on_layer, before_b
     """Block by block: statistics on the float block, quantize, pass outputs on."""
     routers = {e.block: e.attr for e in plan.entries if e.role == "moe.router"}
     notes, folded = [], {}
-    spent = getattr(on_layer, "spent", lambda what: None)  # Progress: time per kind of work
+    spent = spender(on_layer)
     for index, block, inputs in blocks_mod.walk(backbone, plan, tokens, max(by_block)):
         spent(RUNNING_BLOCKS)  # the blocks before this one, on the calibration text
         planned = by_block.get(index, {})
@@ -114,6 +115,12 @@ def reporter(on_layer):
     """Where lines about generating calibration text go: the progress display
     (``Progress.note``, quiet when it is) or, without one, standard output."""
     return getattr(on_layer, "note", print)
+
+
+def spender(on_layer):
+    """``spent(what)``: the progress display's (``Progress.spent``) charging
+    the time since its last event to ``what``; without one, nothing."""
+    return getattr(on_layer, "spent", lambda what: None)
 
 
 def _split(plan: Plan):
@@ -181,7 +188,7 @@ class _BlockStep:
             experts.recording(list(self.banks.values())),
         ):
             inputs.feed(block, self.index)
-        getattr(self.on_layer, "spent", lambda what: None)(RUNNING_BLOCKS)
+        spender(self.on_layer)(RUNNING_BLOCKS)
         notes = self._fold_into_projections() + self._fold()
         for attr, entries in self.planned.items():
             if attr in self.banks:
